@@ -1,0 +1,237 @@
+"""How a method is attached to a Hugging Face model, through transformers' own extension points.
+
+Weave methods (ReRoPE, Leaky-ReRoPE, Mesa) need queries and keys UN-rotated, and the KV cache to
+hold un-rotated keys, because the position a key is rotated to depends on the query looking at it.
+We get that without copying any modeling file:
+
+1. the model's rotary module (``model.model.rotary_emb``, an instance attribute) is replaced by
+   :class:`IdentityRotary`, which returns cos = 1, sin = 0: the stock ``apply_rotary_pos_emb`` then
+   leaves q/k bit-exactly unchanged, and the stock cache stores un-rotated keys;
+2. one attention function, registered with ``AttentionInterface`` under :data:`ATTENTION_NAME`,
+   is selected with ``model.set_attn_implementation``; it finds the method object on the
+   attention module it is called for (``module.harness_method``), so two models with two methods
+   in one process never see each other's settings;
+3. a forward pre-hook on the decoder gives the method per-sequence state (Mesa's chunk plan,
+   rotated-key caches) stored on the KV-cache object, so state lives exactly as long as the
+   generation it belongs to and nothing leaks between samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import AttentionMaskInterface
+
+from harness.errors import HarnessError, UnsupportedModelError
+from harness.methods.rope import apply_rope
+
+ATTENTION_NAME = "harness_weave"
+
+# Architectures whose attention modules apply RoPE through the model-level rotary module and call
+# the registered attention function with (module, q, k, v, mask, scaling=...). Others may work but
+# are refused until a parity test covers them.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+# RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
+STATIC_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class IdentityRotary(nn.Module):
+    """Stands in for the model's rotary module and returns cos = 1, sin = 0.
+
+    Shapes follow the wrapped module: (batch, seq, rotary_dim), so partial-rotary models keep
+    their pass-through channels. The original module stays reachable as ``.original`` so the
+    methods can read its frequencies.
+    """
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original = original
+        self.rotary_dim = 2 * original.inv_freq.shape[-1]
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*position_ids.shape, self.rotary_dim)
+        return torch.ones(shape, dtype=x.dtype, device=x.device), torch.zeros(shape, dtype=x.dtype, device=x.device)
+
+
+class WeaveMethod:
+    """Base class of the methods that choose q/k positions inside attention.
+
+    Subclasses implement :meth:`attend`. Per-call information arrives through :meth:`begin_forward`
+    (called once per model forward, before any layer runs).
+    """
+
+    name = "weave"
+
+    def __init__(self, train_length: int):
+        if not isinstance(train_length, int) or train_length <= 0:
+            raise HarnessError(f"train_length must be a positive integer, got {train_length!r}")
+        self.train_length = train_length
+        self.inv_freq: torch.Tensor | None = None
+        self.attention_scaling = 1.0
+        self.state: dict[str, Any] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def bind(self, rotary: nn.Module) -> None:
+        """Take the RoPE frequencies from the model's original rotary module."""
+        self.inv_freq = rotary.inv_freq.detach().clone()
+        self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+
+    def begin_forward(self, state: dict[str, Any], past_length: int, new_length: int) -> None:
+        """Called before each model forward. ``state`` persists across the forwards of one sequence."""
+        self.state = state
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, positions, self.inv_freq, self.attention_scaling)
+
+    def rotated_keys(self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``keys`` (B, KVH, Lk, D) rotated to ``positions`` (Lk,), reusing the previous step's work.
+
+        During decoding the cache only grows and, for every method here, the positions of the
+        earlier keys usually stay the same (Mesa re-weaves only when its stair shifts), so the
+        rotated prefix is kept and only new keys are rotated.
+        """
+        store = self.state.setdefault("rotated_keys", {})
+        entry = store.get((layer_idx, tag))
+        if entry is not None:
+            old_positions, old_rotated = entry
+            n = old_positions.shape[0]
+            if n <= positions.shape[0] and old_rotated.shape[:2] == keys.shape[:2] and torch.equal(old_positions, positions[:n]):
+                rotated = old_rotated if n == positions.shape[0] else torch.cat(
+                    (old_rotated, self.rope(keys[:, :, n:], positions[n:])), dim=2
+                )
+                if self.state.get("persist", False):
+                    store[(layer_idx, tag)] = (positions, rotated)
+                return rotated
+        rotated = self.rope(keys, positions)
+        if self.state.get("persist", False):
+            store[(layer_idx, tag)] = (positions, rotated)
+        return rotated
+
+    def attend(
+        self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """query (B, H, Lq, D), key/value (B, KVH, Lk, D), all un-rotated; the last Lq keys belong to
+        the queries. Returns the attention output (B, H, Lq, D)."""
+        raise NotImplementedError
+
+
+def _weave_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The function registered with transformers' AttentionInterface (shapes as in ``attend``)."""
+    method = getattr(module, "harness_method", None)
+    if method is None:
+        raise HarnessError(
+            f"attention implementation {ATTENTION_NAME!r} is selected but no method is attached; use apply_method()"
+        )
+    if kwargs.get("sliding_window") is not None:
+        raise UnsupportedModelError(f"method {method.name!r} does not support sliding-window attention layers")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    output = method.attend(module.layer_idx, query, key, value, scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    """Weave methods build their own (chunk-aware, causal) masks; transformers need not build one."""
+    return None
+
+
+AttentionInterface.register(ATTENTION_NAME, _weave_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``model.model`` for *ForCausalLM) that owns ``rotary_emb`` and ``layers``."""
+    decoder = getattr(model, "model", model)
+    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
+        raise UnsupportedModelError(
+            f"model type {model.config.model_type!r} has no model-level rotary module; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return decoder
+
+
+def check_supported(model: nn.Module, method_name: str) -> nn.Module:
+    """Refuse, with a clear message, models the method cannot handle. Returns the decoder."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"method {method_name!r} does not support model type {model_type!r}; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    decoder = decoder_of(model)
+    rotary = decoder.rotary_emb
+    rotary = getattr(rotary, "original", rotary)
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in STATIC_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"method {method_name!r} cannot be applied to model type {model_type!r} with rope_type {rope_type!r}: "
+            f"its frequencies depend on the input length; supported rope types: {', '.join(STATIC_ROPE_TYPES)}"
+        )
+    layer_types = getattr(config, "layer_types", None) or []
+    uses_sliding = "sliding_attention" in layer_types or (
+        model_type == "mistral" and getattr(config, "sliding_window", None) is not None
+    )
+    if uses_sliding and method_name not in ("origin", "dynamic-ntk"):
+        raise UnsupportedModelError(
+            f"method {method_name!r} does not support sliding-window attention (model type {model_type!r}); "
+            "set the config's sliding_window to null for a full-attention model"
+        )
+    return decoder
+
+
+def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):
+    """Give the attached method per-sequence state before each decoder forward."""
+    method: WeaveMethod = decoder.harness_method
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+        raise HarnessError(f"method {method.name!r} does not support padded batches; run one sequence at a time")
+    inputs = kwargs.get("input_ids", args[0] if args else None)
+    if inputs is None:
+        inputs = kwargs["inputs_embeds"]
+    cache_key = "cache" if "cache" in kwargs or "past_key_values" not in kwargs else "past_key_values"
+    cache = kwargs.get(cache_key)
+    use_cache = kwargs.get("use_cache")
+    if use_cache is None:
+        use_cache = decoder.config.use_cache
+    if cache is None and use_cache:
+        # Created here (plain full-attention layers) so the method's state can live on it.
+        cache = DynamicCache()
+        kwargs[cache_key] = cache
+    past = cache.get_seq_length() if cache is not None else 0
+    if cache is None:
+        state = {"persist": False}
+    else:
+        state = cache.__dict__.setdefault("_harness_state", {})
+        if past == 0:  # a new sequence in a reused cache object
+            state.clear()
+        state["persist"] = True
+    method.begin_forward(state, past_length=past, new_length=inputs.shape[1])
+    return args, kwargs
+
+
+def attach_weave(model: nn.Module, method: WeaveMethod) -> None:
+    """Install ``method`` on ``model`` (in place); see the module docstring for the mechanism."""
+    decoder = decoder_of(model)
+    method.bind(decoder.rotary_emb)
+    original_implementation = model.config._attn_implementation
+    decoder.rotary_emb = IdentityRotary(decoder.rotary_emb)
+    decoder.harness_method = method
+    for layer in decoder.layers:
+        layer.self_attn.harness_method = method
+    handle = decoder.register_forward_pre_hook(_forward_pre_hook, with_kwargs=True)
+
+    def undo() -> None:
+        handle.remove()
+        decoder.rotary_emb = decoder.rotary_emb.original
+        del decoder.harness_method
+        for layer in decoder.layers:
+            del layer.self_attn.harness_method
+        model.set_attn_implementation(original_implementation)
+
+    model.set_attn_implementation(ATTENTION_NAME)
+    model._harness_undo = undo

@@ -1,0 +1,65 @@
+"""Dynamic-NTK: grow the RoPE base with the current length (bloc97/emozilla, transformers' "dynamic").
+
+For a current length L > T: base' = base * (factor * L / T - (factor - 1)) ** (d / (d - 2)),
+d the rotary dimension. Below T the original frequencies are used, so the method equals Origin.
+
+Unlike transformers' stock dynamic rotary module, this one is stateless: the base is a pure
+function of the largest position in the current forward, so a long sample never leaves a scaled
+base behind for the next, shorter one. Keys already in the KV cache keep the base they were
+rotated with (as in every Dynamic-NTK implementation with a rotated-key cache), so cached decoding
+past T is NOT exactly equal to recomputing the whole sequence at the new length: each decode step
+grows the base a little and only the new key sees it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError, UnsupportedModelError
+from harness.methods.base import check_supported, decoder_of
+from harness.methods.rope import rope_cos_sin
+
+
+def dynamic_ntk_inv_freq(base: float, rotary_dim: int, length: int, train_length: int, factor: float) -> torch.Tensor:
+    """Inverse frequencies (rotary_dim / 2,) for a sequence of ``length`` tokens."""
+    if length > train_length:
+        base = base * (factor * length / train_length - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float) / rotary_dim))
+
+
+class DynamicNTKRotary(nn.Module):
+    """Drop-in replacement for a model's rotary module; returns (cos, sin) of shape (B, L, rotary_dim)."""
+
+    def __init__(self, original: nn.Module, base: float, train_length: int, factor: float):
+        super().__init__()
+        self.original = original
+        self.base = base
+        self.train_length = train_length
+        self.factor = factor
+        self.rotary_dim = 2 * original.inv_freq.shape[-1]
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        length = int(position_ids.max()) + 1
+        inv_freq = dynamic_ntk_inv_freq(self.base, self.rotary_dim, length, self.train_length, self.factor)
+        cos, sin = rope_cos_sin(position_ids.reshape(-1), inv_freq.to(x.device), 1.0, x.dtype)
+        return cos.view(*position_ids.shape, -1), sin.view(*position_ids.shape, -1)
+
+
+def attach_dynamic_ntk(model: nn.Module, train_length: int, factor: float = 2.0) -> None:
+    """Install Dynamic-NTK on ``model`` in place (only the rotary module changes)."""
+    if not factor or factor < 1:
+        raise HarnessError(f"dynamic-ntk factor must be >= 1, got {factor!r}")
+    decoder = check_supported(model, "dynamic-ntk")
+    original = decoder_of(model).rotary_emb
+    if getattr(original, "rope_type", "default") != "default":
+        raise UnsupportedModelError(
+            f"method 'dynamic-ntk' needs plain RoPE; model type {model.config.model_type!r} uses rope_type {original.rope_type!r}"
+        )
+    base = float(model.config.rope_parameters["rope_theta"])
+    decoder.rotary_emb = DynamicNTKRotary(original, base, train_length, float(factor))
+
+    def undo() -> None:
+        decoder.rotary_emb = original
+
+    model._harness_undo = undo

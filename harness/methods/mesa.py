@@ -1,0 +1,218 @@
+"""Mesa-Extrapolation (Ma et al., NeurIPS 2024): chunk-triangular attention with Stair PE.
+
+Prefill of an input of I tokens, split by :func:`mesa_chunk_plan` into a first chunk of F tokens,
+middle chunks of width C, and a last chunk:
+  * the first chunk is ordinary causal attention at positions 0..F-1;
+  * each middle chunk attends to the first chunk's keys plus its own (causal), at positions
+    0..F+C-1, as if it came right after the first chunk; every position stays < T;
+  * the last chunk attends to ALL earlier keys with Stair PE.
+Each layer sees every chunk at once here (a layer's output for a chunk depends only on that
+layer's keys), which is equivalent to the reference's chunk-by-chunk forward passes.
+
+Stair PE (the released code's rule, the default ``variant="code"``), for kv_len keys > T:
+P = (kv_len - 1) mod C; the last P keys keep their true positions; a key j before them, with
+S = kv_len - P, sits at S - 1 - floor((S - 1 - j) / E) (the integers below S, each E times).
+Queries sit at the same woven positions. A query at t >= S thus sees distance d as d for
+d < N_t and N_t + floor((d - N_t) / E) beyond, N_t = t - S + 1.
+``variant="paper"`` uses the paper's Eq. 3 instead: W(d) = d for d <= N, N + ceil((d - N) / E)
+beyond, with a constant N (``stair_position``), plus the paper's DynamicSplit (Algorithm 2).
+
+Decoding attends over the whole un-rotated cache with Stair PE recomputed for the new length;
+the woven keys are kept between steps and only re-woven when the stair moves (every C tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+from harness.methods.attention import (
+    DEFAULT_BLOCK_BYTES,
+    banded_two_rule_attention,
+    blocked_causal_sdpa,
+    grouped_sdpa,
+)
+from harness.methods.base import WeaveMethod
+from harness.methods.rope import logn_scale
+
+VARIANTS = ("code", "paper")
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How one input is cut. Queries in [0, first_end) form the first chunk, each (start, end) in
+    ``middle`` a middle chunk, and [last_start, input_length) the last chunk. ``last_start == 0``
+    means no chunking (one ordinary causal pass). ``chunk_width`` is C, also used while decoding."""
+
+    input_length: int
+    first_end: int
+    middle: tuple[tuple[int, int], ...]
+    last_start: int
+    chunk_width: int
+
+
+def mesa_chunk_plan(
+    input_length: int,
+    train_length: int,
+    first_chunk: int = 100,
+    last_chunk: int = 512,
+    reserve_new_tokens: int = 50,
+    first_chunk_cache: int = 100,
+    min_remainder: int = 200,
+    variant: str = "code",
+) -> ChunkPlan:
+    """DynamicSplit: a pure function of the input length and the parameters.
+
+    code (released implementation): X = I + reserve - L - F, D = T - F - first_chunk_cache;
+    chunking starts at I >= T - reserve. paper (Algorithm 2): X = I - L - F, D = T - F; chunking
+    starts at I > T. Both: N = X // D, M = X % D; C = D if M < min_remainder else X // (N + 1).
+    Middle chunks of width C follow the first chunk while another C tokens still leave at least
+    one token after them; the rest is the last chunk (the reference's loop).
+    """
+    if variant not in VARIANTS:
+        raise HarnessError(f"mesa variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "code":
+        x = input_length + reserve_new_tokens - last_chunk - first_chunk
+        d = train_length - first_chunk - first_chunk_cache
+        chunked = input_length >= train_length - reserve_new_tokens
+    else:
+        x = input_length - last_chunk - first_chunk
+        d = train_length - first_chunk
+        chunked = input_length > train_length
+    if d <= 0:
+        raise HarnessError(
+            f"mesa: first_chunk ({first_chunk}) leaves no room for middle chunks within train_length ({train_length})"
+        )
+    width = d
+    if x > 0 and x % d >= min_remainder:
+        width = x // (x // d + 1)
+    if width + first_chunk > train_length:
+        raise HarnessError(f"mesa: chunk width {width} + first_chunk {first_chunk} exceeds train_length {train_length}")
+    if not chunked or first_chunk >= input_length:
+        return ChunkPlan(input_length, 0, (), 0, width)
+    middle, start = [], first_chunk
+    while start + width < input_length:
+        middle.append((start, start + width))
+        start += width
+    return ChunkPlan(input_length, first_chunk, tuple(middle), start, width)
+
+
+def stair_positions(kv_length: int, chunk_width: int, stair_width: int, train_length: int) -> torch.Tensor:
+    """Woven positions (kv_length,) of the released code's Stair PE; ordinary positions up to T."""
+    index = torch.arange(kv_length)
+    if kv_length <= train_length:
+        return index
+    keep = (kv_length - 1) % chunk_width  # P: the last P keys keep their true positions
+    stair_top = kv_length - keep  # S
+    return torch.where(index >= stair_top, index, stair_top - 1 - torch.div(stair_top - 1 - index, stair_width, rounding_mode="floor"))
+
+
+class Mesa(WeaveMethod):
+    name = "mesa"
+
+    def __init__(
+        self,
+        train_length: int,
+        first_chunk: int = 100,
+        last_chunk: int = 512,
+        stair_width: int = 50,
+        reserve_new_tokens: int = 50,
+        variant: str = "code",
+        stair_position: int = 512,
+        logn: bool = True,
+        first_chunk_cache: int = 100,
+        min_remainder: int = 200,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ):
+        super().__init__(train_length)
+        for key, value in dict(first_chunk=first_chunk, last_chunk=last_chunk, stair_width=stair_width,
+                               stair_position=stair_position).items():
+            if not isinstance(value, int) or value <= 0:
+                raise HarnessError(f"mesa {key} must be a positive integer, got {value!r}")
+        if not isinstance(reserve_new_tokens, int) or reserve_new_tokens < 0:
+            raise HarnessError(f"mesa reserve_new_tokens must be a non-negative integer, got {reserve_new_tokens!r}")
+        self.plan_params = dict(
+            train_length=train_length, first_chunk=first_chunk, last_chunk=last_chunk,
+            reserve_new_tokens=reserve_new_tokens, first_chunk_cache=first_chunk_cache,
+            min_remainder=min_remainder, variant=variant,
+        )
+        self.plan(train_length + 1)  # validates the parameters now rather than mid-sweep
+        self.stair_width = stair_width
+        self.variant = variant
+        self.stair_position = stair_position
+        self.logn = logn
+        self.block_bytes = block_bytes
+
+    def plan(self, input_length: int) -> ChunkPlan:
+        return mesa_chunk_plan(input_length, **self.plan_params)
+
+    def begin_forward(self, state: dict[str, Any], past_length: int, new_length: int) -> None:
+        super().begin_forward(state, past_length, new_length)
+        if past_length == 0 or "plan" not in state:
+            state["plan"] = self.plan(past_length + new_length)
+
+    # ------------------------------------------------------------------------------------------
+    def attend(self, layer_idx, query, key, value, scaling):
+        lq, lk = query.shape[2], key.shape[2]
+        plan: ChunkPlan = self.state["plan"]
+        if lq < lk or plan.last_start == 0:  # decoding / continuing, or an unchunked prefill
+            return self._attend_all(layer_idx, query, key, value, scaling, torch.arange(lk - lq, lk))
+        out = torch.empty_like(query)
+        f = plan.first_end
+        first = torch.arange(f)
+        first_key = self.rope(key[:, :, :f], first)
+        out[:, :, :f] = grouped_sdpa(self.rope(query[:, :, :f], first), first_key, value[:, :, :f], scaling, is_causal=True)
+        for start, end in plan.middle:
+            local = torch.arange(f, f + end - start)  # the chunk as if right after the first chunk
+            chunk_key = torch.cat((first_key, self.rope(key[:, :, start:end], local)), dim=2)
+            chunk_value = torch.cat((value[:, :, :f], value[:, :, start:end]), dim=2)
+            out[:, :, start:end] = blocked_causal_sdpa(
+                self.rope(query[:, :, start:end], local), chunk_key, chunk_value, local, scaling, self.block_bytes
+            )
+        s = plan.last_start
+        out[:, :, s:] = self._attend_all(layer_idx, query[:, :, s:], key, value, scaling, torch.arange(s, lk))
+        return out
+
+    def _attend_all(self, layer_idx, query, key, value, scaling, query_index):
+        """Queries at true indices ``query_index`` over all keys 0..Lk-1 with Stair PE (last chunk, decoding)."""
+        lk = key.shape[2]
+        if self.logn:
+            query = query * logn_scale(query_index + 1, self.train_length).to(query.dtype)
+        if self.variant == "paper" and lk > self.train_length:
+            return self._paper_stair(layer_idx, query, key, value, scaling, query_index)
+        positions = self._stair_positions(lk)
+        woven_key = self.rotated_keys(layer_idx, "stair", key, positions)
+        woven_query = self.rope(query, positions[query_index])
+        return blocked_causal_sdpa(woven_query, woven_key, value, query_index, scaling, self.block_bytes)
+
+    def _stair_positions(self, kv_length: int) -> torch.Tensor:
+        cached = self.state.get("stair")
+        if cached is None or cached[0] != kv_length:
+            width = self.state["plan"].chunk_width
+            cached = (kv_length, stair_positions(kv_length, width, self.stair_width, self.train_length))
+            self.state["stair"] = cached
+        return cached[1]
+
+    def _paper_stair(self, layer_idx, query, key, value, scaling, query_index):
+        """Eq. 3 with constant N and ceil: exact per pair, via the residues of t - N and j modulo E.
+
+        With t - N = aE + alpha and j = bE + beta: ceil((d - N) / E) = a - b + [alpha > beta],
+        so far pairs use the query at N + a (+1 where alpha > beta) and the key at b.
+        """
+        n, e = self.stair_position, self.stair_width
+        key_index = torch.arange(key.shape[2])
+        shifted = query_index - n
+        group = torch.div(shifted, e, rounding_mode="floor")
+        far_key = self.rotated_keys(layer_idx, "paper-far", key, torch.div(key_index, e, rounding_mode="floor"))
+
+        def above(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+            return (k_idx % e)[None, :] < ((q_idx - n) % e)[:, None]
+
+        return banded_two_rule_attention(
+            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index),
+            [self.rope(query, n + group), self.rope(query, n + group + 1)], [far_key, far_key],
+            value, query_index, band=n + 1, scaling=scaling, far_select=above, block_bytes=self.block_bytes,
+        )

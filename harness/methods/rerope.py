@@ -1,0 +1,75 @@
+"""ReRoPE and Leaky-ReRoPE (Su, bojone/rerope): clip or compress relative distances beyond a window.
+
+Relative distance d between a query and a key becomes
+  * ReRoPE:        W(d) = min(d, w);
+  * Leaky-ReRoPE:  W(d) = d for d < w, else w + (d - w) / k.
+The paper sets 1/k = (T - w) / (L - w) per input (``leaky_k: auto``) so the farthest token lands
+exactly at the training length T; the reference code uses a fixed k = 16.
+
+Far pairs are computed by rotating the query to w + (t - w) / k and the key to j / k (for ReRoPE
+1/k = 0: the query at w, the key un-rotated), which gives exactly W(d) for every far pair; near
+pairs use ordinary RoPE. The reference materialises both full L x L score matrices; here only a
+band of near scores is added to one blocked attention (see ``banded_two_rule_attention``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import HarnessError
+from harness.methods.attention import DEFAULT_BLOCK_BYTES, banded_two_rule_attention
+from harness.methods.base import WeaveMethod
+from harness.methods.rope import logn_scale
+
+
+class ReRoPE(WeaveMethod):
+    """ReRoPE (``leaky_k=None``) or Leaky-ReRoPE (``leaky_k`` a number > 1, or "auto")."""
+
+    def __init__(
+        self,
+        train_length: int,
+        window: int = 512,
+        leaky_k: float | str | None = None,
+        logn: bool = True,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+    ):
+        super().__init__(train_length)
+        if not isinstance(window, int) or window <= 0:
+            raise HarnessError(f"window must be a positive integer, got {window!r}")
+        if leaky_k is not None and leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
+            raise HarnessError(f"leaky_k must be a number >= 1 or 'auto', got {leaky_k!r}")
+        if leaky_k == "auto" and window >= train_length:
+            raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, train_length={train_length}")
+        self.name = "rerope" if leaky_k is None else "leaky-rerope"
+        self.window = window
+        self.leaky_k = leaky_k
+        self.logn = logn
+        self.block_bytes = block_bytes
+
+    def inverse_k(self, length: int) -> float:
+        """1/k for a sequence of ``length`` tokens (0 for ReRoPE: every far distance maps to w)."""
+        if self.leaky_k is None:
+            return 0.0
+        if self.leaky_k == "auto":
+            # Farthest distance length-1 lands at T-1 ... kept <= 1 so short inputs are never stretched.
+            return min(1.0, (self.train_length - self.window) / max(1, length - self.window))
+        return 1.0 / float(self.leaky_k)
+
+    def attend(self, layer_idx, query, key, value, scaling):
+        lq, lk = query.shape[2], key.shape[2]
+        device = query.device
+        query_index = torch.arange(lk - lq, lk, device=device)
+        key_index = torch.arange(lk, device=device)
+        if self.logn:
+            query = query * logn_scale(query_index + 1, self.train_length).to(query.dtype)
+        inv_k = self.inverse_k(lk)
+        w = self.window
+
+        near_query = self.rope(query, query_index)
+        near_key = self.rotated_keys(layer_idx, "near", key, key_index)
+        far_query = self.rope(query, query_index * inv_k + w * (1 - inv_k))
+        far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k)
+        return banded_two_rule_attention(
+            near_query, near_key, [far_query], [far_key], value, query_index, band=w, scaling=scaling,
+            block_bytes=self.block_bytes,
+        )

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random LLaMA-family models whose attention is far from uniform.
+
+With transformers' default init (std 0.02) attention is nearly uniform and position methods
+give almost the same output, so equality tests would pass vacuously; std 0.2 makes attention
+sharp enough that a wrong position changes the logits (tests/methods/test_guard.py checks it).
+"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+TRAIN_LENGTH = 128
+
+ARCHITECTURES = {
+    "llama": dict(model_type="llama"),
+    "mistral": dict(model_type="mistral", sliding_window=None),
+    "qwen2": dict(model_type="qwen2", use_sliding_window=False),
+    "qwen3": dict(model_type="qwen3", use_sliding_window=False),
+    "phi3": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2),  # partial rotary
+}
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
+    """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode."""
+    kwargs = dict(ARCHITECTURES[arch])
+    model_type = kwargs.pop("model_type")
+    params = dict(
+        vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, max_position_embeddings=TRAIN_LENGTH, initializer_range=0.2,
+        rope_theta=10000.0, tie_word_embeddings=False,
+    )
+    params.update(kwargs)
+    params.update(overrides)
+    config = AutoConfig.for_model(model_type, **params)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+def random_ids(length: int, seed: int = 1, vocab: int = 256) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (1, length), generator=generator)
+
+
+# Mesa's default chunk sizes are for T = 2048+; these fit the tiny models' T = 128.
+TINY_MESA = dict(first_chunk=8, last_chunk=16, stair_width=4, reserve_new_tokens=4, first_chunk_cache=8,
+                 min_remainder=8, stair_position=24)
+TINY_PARAMS = {
+    "origin": {},
+    "dynamic-ntk": dict(factor=2.0),
+    "rerope": dict(window=32),
+    "leaky-rerope": dict(window=32, leaky_k=4),
+    "mesa": TINY_MESA,
+}
+
+
+@pytest.fixture(params=list(ARCHITECTURES))
+def arch(request):
+    return request.param
