@@ -36,6 +36,8 @@ ATTENTION_NAME = "harness_weave"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
+# Room for this many more keys is allocated whenever a rotated-key buffer grows.
+_KEY_BUFFER_STEP = 256
 
 
 class IdentityRotary(nn.Module):
@@ -94,22 +96,26 @@ class WeaveMethod:
         earlier keys usually stay the same (Mesa re-weaves only when its stair shifts), so the
         rotated prefix is kept and only new keys are rotated.
         """
+        if not self.state.get("persist", False):
+            return self.rope(keys, positions)
         store = self.state.setdefault("rotated_keys", {})
+        length = positions.shape[0]
         entry = store.get((layer_idx, tag))
         if entry is not None:
-            old_positions, old_rotated = entry
+            old_positions, buffer = entry
             n = old_positions.shape[0]
-            if n <= positions.shape[0] and old_rotated.shape[:2] == keys.shape[:2] and torch.equal(old_positions, positions[:n]):
-                rotated = old_rotated if n == positions.shape[0] else torch.cat(
-                    (old_rotated, self.rope(keys[:, :, n:], positions[n:])), dim=2
-                )
-                if self.state.get("persist", False):
-                    store[(layer_idx, tag)] = (positions, rotated)
-                return rotated
-        rotated = self.rope(keys, positions)
-        if self.state.get("persist", False):
-            store[(layer_idx, tag)] = (positions, rotated)
-        return rotated
+            if n <= length and buffer.shape[:2] == keys.shape[:2] and torch.equal(old_positions, positions[:n]):
+                if length > buffer.shape[2]:  # grow in steps, so decoding does not copy the cache each token
+                    grown = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
+                    grown[:, :, :n] = buffer[:, :, :n]
+                    buffer = grown
+                buffer[:, :, n:length] = self.rope(keys[:, :, n:], positions[n:])
+                store[(layer_idx, tag)] = (positions, buffer)
+                return buffer[:, :, :length]
+        buffer = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
+        buffer[:, :, :length] = self.rope(keys, positions)
+        store[(layer_idx, tag)] = (positions, buffer)
+        return buffer[:, :, :length]
 
     def attend(
         self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float

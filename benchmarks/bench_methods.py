@@ -1,0 +1,156 @@
+"""Prefill time, peak memory and per-token decode time of every method, as ratios to Origin.
+
+    python benchmarks/bench_methods.py                       # ~30M random LLaMA, T = 2048, 4k/8k/16k
+    python benchmarks/bench_methods.py --lengths 2048 4096 --methods origin mesa --decode-steps 8
+
+Each (method, length) cell runs in its own subprocess, so one cell's memory never counts towards
+another's and an out-of-memory cell does not end the run. Inside a cell: build the model, apply
+the method, warm up on a short input, then time one prefill of random tokens (logits for the last
+position only, as ``generate`` does) while sampling peak memory (harness.measure), then time
+``--decode-steps`` cached greedy decode steps and report their median. Ratios compare cells of the
+same run on the same machine; absolute seconds on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa"]
+
+
+def method_params(name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml"))
+    cfg.pop("name")
+    return cfg
+
+
+def run_cell(model_name: str, method: str, length: int, decode_steps: int, device: str, seed: int) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from harness.measure import measure
+    from harness.methods import apply_method
+    from harness.models import load_model
+
+    torch.manual_seed(seed)
+    loaded = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"), device=device)
+    model = apply_method(loaded.model, method, **method_params(method))
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, length), generator=generator).to(device)
+    with torch.no_grad():
+        model(input_ids=ids[:, :256], logits_to_keep=1)  # warm-up
+        with measure(device) as prefill:
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache, token, step_seconds = out.cache, out.logits[:, -1:].argmax(-1), []
+        for _ in range(decode_steps):
+            with measure(device) as step:
+                out = model(input_ids=token, cache=cache, use_cache=True)
+            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+            step_seconds.append(step.seconds)
+    return {
+        "method": method, "length": length, "status": "ok",
+        "prefill_s": prefill.seconds, "peak_mb": prefill.peak_bytes / 2**20,
+        "baseline_mb": prefill.baseline_bytes / 2**20,
+        "decode_ms_per_token": 1000 * statistics.median(step_seconds) if step_seconds else float("nan"),
+    }
+
+
+def spawn_cell(args, method: str, length: int) -> dict:
+    command = [sys.executable, __file__, "--cell", method, str(length), "--model", args.model,
+               "--decode-steps", str(args.decode_steps), "--device", args.device, "--seed", str(args.seed)]
+    started = time.time()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=args.cell_timeout)
+    if proc.returncode != 0:
+        status = "oom" if "out of memory" in proc.stderr.lower() or proc.returncode == -9 else "error"
+        last = (proc.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"method": method, "length": length, "status": status, "message": last[:200],
+                "wall_s": time.time() - started}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(rows: list[dict], lengths: list[int], methods: list[str]) -> str:
+    by = {(r["method"], r["length"]): r for r in rows}
+    lines = [
+        "| method | length | prefill s | x Origin | peak MB | x Origin | decode ms/token | x Origin |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for length in lengths:
+        origin = by.get(("origin", length), {})
+        for method in methods:
+            r = by.get((method, length))
+            if r is None:
+                continue
+            if r["status"] != "ok":
+                lines.append(f"| {method} | {length} | {r['status']}: {r.get('message', '')} | | | | | |")
+                continue
+
+            def ratio(key):
+                return f"{r[key] / origin[key]:.2f}" if origin.get("status") == "ok" and origin[key] else "-"
+
+            lines.append(
+                f"| {method} | {length} | {r['prefill_s']:.2f} | {ratio('prefill_s')} | {r['peak_mb']:.0f} | "
+                f"{ratio('peak_mb')} | {r['decode_ms_per_token']:.1f} | {ratio('decode_ms_per_token')} |"
+            )
+    growth = []
+    for method in methods:
+        pairs = [(a, b) for a, b in zip(lengths, lengths[1:]) if by.get((method, a), {}).get("status") == "ok"
+                 and by.get((method, b), {}).get("status") == "ok"]
+        if pairs:
+            growth.append(f"{method}: " + ", ".join(
+                f"{b // 1024}k/{a // 1024}k {by[(method, b)]['prefill_s'] / by[(method, a)]['prefill_s']:.2f}x"
+                for a, b in pairs))
+    return "\n".join(lines) + "\n\nPrefill time growth: " + "; ".join(growth)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama-30m-random", help="a config name in conf/model/")
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384])
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds before a cell is abandoned")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "methods.jsonl")
+    parser.add_argument("--cell", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.cell:
+        print(json.dumps(run_cell(args.model, args.cell[0], int(args.cell[1]), args.decode_steps, args.device, args.seed)))
+        return
+
+    import torch
+
+    print(f"# {args.model}, {args.device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; methods {args.methods}; lengths {args.lengths}", flush=True)
+    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for length in args.lengths:
+        for method in args.methods:
+            row = spawn_cell(args, method, length)
+            row.update(model=args.model, device=args.device, torch=torch.__version__)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    print()
+    print(report(rows, args.lengths, args.methods))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Timing and peak-memory measurement that isolates one piece of work.
+
+On CUDA the peak is ``torch.cuda.max_memory_allocated`` after a reset (tensors only). On CPU
+there is no allocator counter, and the process's lifetime maximum RSS would mix in model loading,
+so a background thread samples the resident set size every millisecond while the work runs and
+reports the peak above the RSS measured just before it started. The sampled peak can miss a
+spike shorter than the sampling interval; for the multi-second prefills measured here that
+bias is small, and every method is measured the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+
+@dataclass
+class Measurement:
+    seconds: float = 0.0
+    peak_bytes: int = 0  # peak above the level just before the work started
+    baseline_bytes: int = 0  # the level just before (RSS on CPU, allocated tensors on CUDA)
+
+
+class measure:
+    """Context manager: ``with measure(device) as m: work()`` then read ``m.seconds``, ``m.peak_bytes``."""
+
+    def __init__(self, device: str | torch.device = "cpu", interval_s: float = 0.001):
+        self.device = torch.device(device)
+        self.interval_s = interval_s
+        self.result = Measurement()
+        self._stop = threading.Event()
+        self._peak_rss = 0
+
+    def _sample(self) -> None:
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self._peak_rss = max(self._peak_rss, process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> Measurement:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.result.baseline_bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            self.result.baseline_bytes = self._peak_rss = psutil.Process().memory_info().rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self._start = time.perf_counter()
+        return self.result
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.result.seconds = time.perf_counter() - self._start
+        if self.device.type == "cuda":
+            self.result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.result.baseline_bytes
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak_rss = max(self._peak_rss, psutil.Process().memory_info().rss)
+            self.result.peak_bytes = self._peak_rss - self.result.baseline_bytes
