@@ -15,7 +15,7 @@ says where the weights come from:
     with seeded random weights and no download (for speed and memory measurements).
 ``random``
     A small model built from the ``architecture`` dict with seeded random weights (tests and CPU
-    benchmarks). It has no tokenizer.
+    benchmarks). Its tokenizer is a UTF-8 byte tokenizer (ids 0-255).
 
 The cache of converted models is ``$HARNESS_CACHE`` if set, else ``~/.cache/mesa-harness``; each
 model gets a subfolder named after it (e.g. ``~/.cache/mesa-harness/smollm2-135m``).
@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
 
 SOURCES = ("gguf_package", "hf", "random")
@@ -72,7 +73,9 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     if cfg["source"] == "gguf_package":
         model, tokenizer = _load_gguf_package(cfg, device, torch_dtype)
     elif cfg["source"] == "random":
-        model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype), None
+        model = _build_random(cfg, _architecture_config(cfg), device, torch_dtype)
+        # Bytes make random models usable by text tasks (tests, speed runs) without tokenizer files.
+        tokenizer = ByteTokenizer() if model.config.vocab_size >= ByteTokenizer.vocab_size else None
     elif cfg.get("random_weights"):
         model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype), _try_tokenizer(cfg)
     else:

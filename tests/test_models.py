@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from harness import models
+from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
 from harness.models import LoadedModel, load_model
 
@@ -44,7 +45,7 @@ def tiny_logits(loaded: LoadedModel) -> torch.Tensor:
 
 def test_tiny_random_loads_deterministically():
     first, second = load_model(model_cfg("tiny-random")), load_model(model_cfg("tiny-random"))
-    assert first.train_length == 128 and first.tokenizer is None and first.prompt_template == "raw"
+    assert first.train_length == 128 and isinstance(first.tokenizer, ByteTokenizer) and first.prompt_template == "raw"
     assert not first.model.training and first.model.dtype == torch.float32
     assert torch.equal(tiny_logits(first), tiny_logits(second))
 

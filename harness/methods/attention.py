@@ -114,31 +114,47 @@ def banded_two_rule_attention(
     and one block's scores stay within ``block_bytes`` (ReRoPE's reference builds two full L x L
     matrices instead). Causal. Returns (B, H, Lq, D).
     """
-    heads, kv_heads = near_query.shape[1], near_key.shape[1]
-    lq, lk = near_query.shape[2], near_key.shape[2]
+    b, heads, lq, dim = near_query.shape
+    kv_heads, lk = near_key.shape[1], near_key.shape[2]
+    groups = heads // kv_heads
     device = near_query.device
     key_index = torch.arange(lk, device=device)
-    block = _block_rows(block_bytes, lk, heads, 4, copies=2 + len(far_queries))
-    outputs = []
+    block = min(lq, _block_rows(block_bytes, lk, heads, 4, copies=1 + len(far_queries)))
+    # Score buffers are allocated once at their largest size and reused through views, so the
+    # allocator does not fragment over hundreds of slightly growing blocks.
+    # (Under autograd, out= is not allowed; plain allocations are used then.)
+    reuse = not (torch.is_grad_enabled() and near_query.requires_grad)
+    buffers = [torch.empty(b * kv_heads * groups * block * lk, dtype=near_query.dtype, device=device)
+               if reuse else None for _ in far_queries]
+    out = torch.empty((b, kv_heads, groups, lq, dim), dtype=value.dtype, device=device)
     for start in range(0, lq, block):
         stop = min(start + block, lq)
         idx = query_index[start:stop]
         n, hi = stop - start, int(idx[-1]) + 1
         band_lo = max(0, int(idx[0]) - band + 1)
 
-        def scores(q: torch.Tensor, k: torch.Tensor, lo: int) -> torch.Tensor:
+        def scores(q: torch.Tensor, k: torch.Tensor, lo: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+            """(B, KVH, G, n, hi - lo) scores of this block's queries against keys lo..hi-1."""
             qb = _fold_groups(q[:, :, start:stop], kv_heads)  # (B, KVH, G*n, D)
-            s = torch.matmul(qb, k[:, :, lo:hi].transpose(-1, -2)).float() * scaling
-            return s.unflatten(2, (heads // kv_heads, n))  # (B, KVH, G, n, hi - lo)
+            target = None if buffer is None else buffer[: b * kv_heads * groups * n * (hi - lo)].view(
+                b, kv_heads, groups * n, hi - lo)
+            s = torch.matmul(qb, k[:, :, lo:hi].transpose(-1, -2), out=target)
+            return s.mul_(scaling).unflatten(2, (groups, n))
 
-        s = scores(far_queries[0], far_keys[0], 0)
+        s = scores(far_queries[0], far_keys[0], 0, buffers[0])
         if len(far_queries) > 1:
             pick = far_select(idx, key_index[:hi])
-            s = torch.where(pick, scores(far_queries[1], far_keys[1], 0), s)
+            s = torch.where(pick, scores(far_queries[1], far_keys[1], 0, buffers[1]), s)
         near = scores(near_query, near_key, band_lo)
         distance = idx[:, None] - key_index[None, band_lo:hi]
         s[..., band_lo:hi] = torch.where(distance < band, near, s[..., band_lo:hi])
         s.masked_fill_(key_index[None, :hi] > idx[:, None], float("-inf"))
-        p = torch.softmax(s, dim=-1).to(value.dtype).flatten(2, 3)  # (B, KVH, G*n, hi)
-        outputs.append(_unfold_groups(torch.matmul(p, value[:, :, :hi]), heads))
-    return torch.cat(outputs, dim=2)
+        # softmax in float32, in place when allowed (every row sees its own key: no row is all -inf)
+        if reuse:
+            p = s.float() if s.dtype != torch.float32 else s
+            p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+            p.div_(p.sum(dim=-1, keepdim=True))
+        else:
+            p = torch.softmax(s.float(), dim=-1)
+        out[:, :, :, start:stop] = torch.matmul(p.to(value.dtype).flatten(2, 3), value[:, :, :hi]).unflatten(2, (groups, n))
+    return out.view(b, heads, lq, dim)

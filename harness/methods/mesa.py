@@ -169,10 +169,10 @@ class Mesa(WeaveMethod):
     def _attend_first_and_middle(self, query, key, value, scaling, plan: ChunkPlan, out) -> None:
         """First chunk, and every middle chunk as [first chunk; chunk] at positions 0..F+C-1.
 
-        All middle chunks have width C, so they are stacked into one batch of sequences
-        "first chunk + chunk" and run as plain causal attention (which the fused kernels run
-        without a mask, skipping the masked half); rows F.. of each sequence are the chunk's
-        output, and rows ..F of any of them are the first chunk's.
+        The middle chunks are consecutive and all of width C, so they are stacked into one batch
+        of sequences "first chunk + chunk" and run as plain causal attention (which the fused
+        kernels run without a mask, skipping the masked half); rows F.. of each sequence are the
+        chunk's output, and rows ..F of any of them are the first chunk's.
         """
         f = plan.first_end
         first = torch.arange(f)
@@ -181,27 +181,24 @@ class Mesa(WeaveMethod):
             out[:, :, :f] = grouped_sdpa(q_first, k_first, value[:, :, :f], scaling, is_causal=True)
             return
         b, heads, _, dim = query.shape
-        kv_heads, n, width = key.shape[1], len(plan.middle), plan.chunk_width
-        rows = torch.tensor([start for start, _ in plan.middle])[:, None] + torch.arange(width)  # (n, C)
+        n, width = len(plan.middle), plan.chunk_width
+        end = f + n * width  # == plan.middle[-1][1]
         local = torch.arange(f, f + width)  # each chunk as if right after the first chunk
 
         def stacked(x: torch.Tensor, x_first: torch.Tensor, rotate: bool) -> torch.Tensor:
-            """(B, h, L, D) -> (B * n, H, F + C, D): [first chunk; chunk i] for every middle chunk i."""
-            chunks = x[:, :, rows]  # (B, h, n, C, D)
-            if rotate:
-                chunks = self.rope(chunks, local)
-            seq = torch.cat((x_first[:, :, None].expand(-1, -1, n, -1, -1), chunks), dim=3)
-            seq = seq.transpose(1, 2)  # (B, n, h, F + C, D)
-            if seq.shape[2] != heads:  # grouped-query attention: kv head h // G serves query head h
-                seq = seq[:, :, :, None].expand(-1, -1, -1, heads // kv_heads, -1, -1).flatten(2, 3)
-            return seq.reshape(b * n, heads, f + width, dim)
+            """(B, h, L, D) -> (B * n, h, F + C, D): [first chunk; chunk i] for every middle chunk i."""
+            chunks = x[:, :, f:end].unflatten(2, (n, width))  # a view: (B, h, n, C, D)
+            seq = x.new_empty((b, n, x.shape[1], f + width, dim))
+            seq[:, :, :, :f] = x_first[:, None]
+            seq[:, :, :, f:] = (self.rope(chunks, local) if rotate else chunks).transpose(1, 2)
+            return seq.view(b * n, x.shape[1], f + width, dim)
 
         result = torch.nn.functional.scaled_dot_product_attention(
             stacked(query, q_first, True), stacked(key, k_first, True), stacked(value, value[:, :, :f], False),
-            is_causal=True, scale=scaling,
+            is_causal=True, scale=scaling, enable_gqa=heads != key.shape[1],
         ).view(b, n, heads, f + width, dim)
         out[:, :, :f] = result[:, 0, :, :f]
-        out[:, :, rows] = result[:, :, :, f:].transpose(1, 2)
+        out[:, :, f:end] = result[:, :, :, f:].transpose(1, 2).reshape(b, heads, n * width, dim)
 
     def _attend_all(self, layer_idx, query, key, value, scaling, query_index):
         """Queries at true indices ``query_index`` over all keys 0..Lk-1 with Stair PE (last chunk, decoding)."""

@@ -38,11 +38,16 @@ def apply_rope(
     the rest pass through unchanged.
     """
     cos, sin = rope_cos_sin(positions, inv_freq, attention_scaling, x.dtype)
-    rotary_dim = cos.shape[-1]
+    rotary_dim, half = cos.shape[-1], cos.shape[-1] // 2
+    # x * cos + rotate_half(x) * sin, written without rotate_half's concatenated copy.
     if rotary_dim == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+        out = x * cos
+    else:
+        out = x.clone()
+        out[..., :rotary_dim] *= cos
+    out[..., :half].addcmul_(x[..., half:rotary_dim], sin[..., :half], value=-1)
+    out[..., half:rotary_dim].addcmul_(x[..., :half], sin[..., half:])
+    return out
 
 
 def logn_scale(positions_1based: torch.Tensor, train_length: int) -> torch.Tensor:

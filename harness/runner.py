@@ -1,0 +1,163 @@
+"""One job: a (model, method, task) cell over the task's lengths and samples, resumable.
+
+The runner owns everything around the task: deciding what is left to do (from the job's results
+file), loading the model only if something is, checking every length before spending compute,
+timing, catching out-of-memory and other failures per sample, and writing one row per sample.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness.errors import HarnessError
+from harness.results import COMMON_COLUMNS, ResultsFile, config_hash, input_hash
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class JobSummary:
+    path: Path
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0})
+
+    @property
+    def failed(self) -> int:
+        return self.counts["oom"] + self.counts["error"]
+
+
+def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
+    """(name, parameters) for ``apply_method`` from a ``conf/method`` node."""
+    params = OmegaConf.to_container(method_cfg, resolve=True)
+    return params.pop("name"), params
+
+
+def check_lengths(lengths) -> list[int]:
+    out = []
+    for value in lengths:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise HarnessError(f"task.lengths must be positive integers, got {value!r}; e.g. task.lengths=[1024,2048]")
+        out.append(value)
+    return out
+
+
+def results_path(cfg: DictConfig) -> tuple[Path, str]:
+    """Where this job's rows go. The hash covers everything that changes a row's numbers, except
+    the lengths and sample counts, so extending a sweep appends to the same file."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.pop("lengths", None)
+    task.pop("samples", None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("local_path", None)  # where the weights live does not change the numbers
+    payload = dict(model=model, method=OmegaConf.to_container(cfg.method, resolve=True), task=task,
+                   seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
+    digest = config_hash(payload)
+    root = Path(cfg.results_dir)
+    if not root.is_absolute():
+        root = REPO_ROOT / root
+    return root / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
+
+
+def _git_rev() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> str:
+    import transformers
+
+    return json.dumps({"torch": torch.__version__, "transformers": transformers.__version__}, sort_keys=True)
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+
+
+def run_job(cfg: DictConfig) -> JobSummary:
+    """Run whatever of this job is not in its results file yet."""
+    from harness.methods import apply_method
+    from harness.models import load_model
+
+    lengths = check_lengths(OmegaConf.to_container(cfg.task.lengths, resolve=True))
+    samples = cfg.task.samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    path, digest = results_path(cfg)
+    summary = JobSummary(path)
+    done = ResultsFile(path, []).done()
+    todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
+    summary.counts["skipped"] = len(lengths) * samples - len(todo)
+    if not todo:
+        log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
+        return summary
+
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    method_name, params = method_settings(cfg.method)
+    model = apply_method(loaded.model, method_name, **params)
+    task_params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+    try:
+        task = instantiate(task_params, tokenizer=loaded.tokenizer, prompt_template=loaded.prompt_template,
+                           seed=cfg.seed, train_length=loaded.train_length, vocab_size=model.config.vocab_size,
+                           _convert_="all")
+    except InstantiationException as error:  # Hydra wraps the task's own one-line error
+        cause = error.__cause__
+        if isinstance(cause, (HarnessError, ValueError)):
+            raise HarnessError(f"task {cfg.task.name!r}: {cause}") from None
+        raise
+    results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
+    if task.needs_tokenizer and loaded.tokenizer is None:
+        raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
+    for length in sorted({length for length, _ in todo}):  # every length is checked before any compute
+        try:
+            task.build_input(length, 0)
+        except ValueError as error:
+            raise HarnessError(f"task {cfg.task.name!r} cannot build length {length}: {error}") from None
+
+    provenance = dict(model=loaded.name, method=method_name, task=cfg.task.name, metric=task.metric, seed=cfg.seed,
+                      device=str(cfg.device), dtype=cfg.dtype, method_params=json.dumps(params, sort_keys=True),
+                      config_hash=digest, git_rev=_git_rev(), versions=_versions())
+    with results:
+        _write_config_once(path.with_suffix(".yaml"), cfg)
+        bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="sample", dynamic_ncols=True)
+        for length, index in bar:
+            bar.set_postfix(length=length)
+            task_input = task.build_input(length, index)
+            row = dict(provenance, length=length, sample=index, tokens=task_input.tokens,
+                       input_hash=input_hash(task_input.input_ids), **task_input.info)
+            started = time.perf_counter()
+            try:
+                row.update(task.evaluate(model, task_input), status="ok")
+            except Exception as error:  # noqa: BLE001 - a failing sample is recorded, the sweep goes on
+                row.update(status="oom" if _is_oom(error) else "error", message=str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+                log.warning("%s/%s length %d sample %d: %s", method_name, cfg.task.name, length, index, row["status"])
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            row.update(seconds=round(time.perf_counter() - started, 3),
+                       timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            results.append(row)
+            summary.counts[row["status"]] += 1
+    return summary
+
+
+def _write_config_once(path: Path, cfg: DictConfig) -> None:
+    if not path.exists():
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        tmp.replace(path)

@@ -1,0 +1,19 @@
+"""What a run prints at the end: where the rows went and a short table."""
+
+from __future__ import annotations
+
+from harness.results import ResultsFile
+
+
+def print_job_summary(summary) -> None:
+    counts = summary.counts
+    print(f"rows: {summary.path}  (new: {counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; "
+          f"already there: {counts['skipped']})")
+    frame = ResultsFile(summary.path, []).read()
+    if len(frame):
+        table = frame.groupby("length").agg(
+            samples=("sample", "count"), score=("score", "mean"), failed=("status", lambda s: int((s != "ok").sum())),
+            seconds=("seconds", "mean"),
+        )
+        metric = frame["metric"].iloc[0]
+        print(table.rename(columns={"score": f"mean {metric}"}).round(4).to_string())

@@ -1,0 +1,95 @@
+"""Passkey retrieval (paper Figure 3): find a 1..10^7 number hidden at a random depth in filler.
+
+A sample is a pure function of (tokenizer, template, length, seed, index): the same inputs give
+the same tokens for every method. ``length`` counts the model's tokens of the whole prompt; the
+filler is cut so the prompt is as long as possible without exceeding it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from tasks.base import Task, TaskInput, greedy_generate
+from tasks.prompts import format_prompt
+
+TASK_DESCRIPTION = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there."
+)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key?"
+ANSWER_PREFIX = "The pass key is"
+
+
+@dataclass(frozen=True)
+class PasskeySample:
+    input_ids: list[int]
+    key: int
+    depth: float  # where the needle sits, 0 = start of the filler, 1 = end
+    length: int  # tokens in input_ids (<= the requested length)
+
+
+def _rng(seed: int, length: int, index: int) -> random.Random:
+    # A string seed is hashed deterministically by random.Random (unlike hash(), which is salted).
+    return random.Random(f"passkey/{seed}/{length}/{index}")
+
+
+def _prompt(tokenizer, template: str, n_filler: int, slot: int, key: int) -> list[int]:
+    parts = [FILLER] * n_filler
+    parts.insert(slot, NEEDLE.format(key=key))
+    text = TASK_DESCRIPTION + " " + " ".join(parts)
+    prompt = format_prompt(template, tokenizer, text, QUESTION, ANSWER_PREFIX)
+    return tokenizer.encode(prompt, add_special_tokens=template != "chat")
+
+
+def make_sample(tokenizer, template: str, length: int, seed: int, index: int) -> PasskeySample:
+    """The index-th passkey prompt of at most ``length`` tokens."""
+    rng = _rng(seed, length, index)
+    key = rng.randint(1, 10**7)
+    depth_fraction = rng.random()
+
+    def build(n: int) -> list[int]:
+        return _prompt(tokenizer, template, n, round(depth_fraction * n), key)
+
+    # Tokens grow ~linearly with the filler count: estimate, then step down until it fits.
+    base, per = len(build(0)), len(build(8)) - len(build(0))
+    if base >= length:
+        raise ValueError(f"passkey length {length} is shorter than the prompt without filler ({base} tokens)")
+    n = max(0, (length - base) // max(1, per) * 8 + 8)
+    ids = build(n)
+    while len(ids) > length and n > 0:
+        n = max(0, n - max(1, (len(ids) - length) * 8 // max(1, per)))
+        ids = build(n)
+    while n > 0 and len(ids) < length and len(longer := build(n + 1)) <= length:
+        n, ids = n + 1, longer
+    return PasskeySample(ids, key, round(depth_fraction * n) / max(1, n), len(ids))
+
+
+def score(answer: str, key: int) -> bool:
+    """Correct iff the first integer in the answer equals the key (the paper's metric)."""
+    match = re.search(r"\d+", answer)
+    return match is not None and int(match.group()) == key
+
+
+class PasskeyTask(Task):
+    """Runner adapter: ``score`` is 1.0 when the first integer of the greedy answer is the key."""
+
+    name = "passkey"
+    metric = "accuracy"
+    columns = ("key", "depth", "answer")
+
+    def __init__(self, *args, max_new_tokens: int = 8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_new_tokens = int(max_new_tokens)
+
+    def build_input(self, length: int, index: int) -> TaskInput:
+        sample = make_sample(self.tokenizer, self.prompt_template, length, self.seed, index)
+        return TaskInput(sample.input_ids, {"key": sample.key, "depth": round(sample.depth, 4)})
+
+    def evaluate(self, model, task_input: TaskInput) -> dict:
+        new = greedy_generate(model, task_input.input_ids, self.max_new_tokens, self.tokenizer.eos_token_id)
+        answer = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return {"score": float(score(answer, task_input.info["key"])), "answer": answer}

@@ -1,0 +1,67 @@
+"""Memory and speed (paper Figure 5): prefill time, per-token decode time and peak memory.
+
+Inputs are random token ids (seeded), so any model works, including random-weight models of a
+7B shape on a GPU (``model=llama2-7b model.random_weights=true``). Per sample: one warm-up
+prefill on a short input (first sample of the task object only), then ``repeats`` timed prefills
+(logits of the last position only, as ``generate`` does) and ``decode_steps`` timed cached greedy
+steps after the last one. Peak memory is measured around the prefill only (harness.measure: peak
+allocated after a reset on CUDA; sampled RSS above the level before the prefill on CPU).
+``score`` is the median prefill time in seconds.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import torch
+
+from harness.measure import measure
+from tasks.base import Task, TaskInput
+
+
+class SpeedTask(Task):
+    name = "speed"
+    metric = "prefill_s"
+    columns = ("prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb", "decode_peak_mb", "repeats")
+    needs_tokenizer = False
+
+    def __init__(self, *args, repeats: int = 1, decode_steps: int = 8, warmup_tokens: int = 128, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.vocab_size is None:
+            raise ValueError("the speed task needs the model's vocab_size")
+        self.repeats, self.decode_steps, self.warmup_tokens = int(repeats), int(decode_steps), int(warmup_tokens)
+        self._warm = False
+
+    def build_input(self, length: int, index: int) -> TaskInput:
+        rng = random.Random(f"speed/{self.seed}/{length}/{index}")
+        return TaskInput([rng.randrange(self.vocab_size) for _ in range(length)])
+
+    def evaluate(self, model, task_input: TaskInput) -> dict:
+        device = next(model.parameters()).device
+        ids = torch.tensor([task_input.input_ids], device=device)
+        times, peaks = [], []
+        with torch.no_grad():
+            if not self._warm:
+                model(input_ids=ids[:, : self.warmup_tokens], logits_to_keep=1)
+                self._warm = True
+            for _ in range(self.repeats):
+                out = None  # free the previous repeat's cache before measuring the next
+                with measure(device) as prefill:
+                    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                times.append(prefill.seconds)
+                peaks.append(prefill.peak_bytes)
+            steps, decode_peak = [], 0
+            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+            for _ in range(self.decode_steps):
+                with measure(device) as step:
+                    out = model(input_ids=token, cache=cache, use_cache=True)
+                cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+                steps.append(step.seconds)
+                decode_peak = max(decode_peak, step.peak_bytes)
+        prefill_s = statistics.median(times)
+        return {
+            "score": prefill_s, "prefill_s": prefill_s, "prefill_tokens_per_s": task_input.tokens / prefill_s,
+            "decode_ms_per_token": 1000 * statistics.median(steps) if steps else None,
+            "peak_mb": max(peaks) / 2**20, "decode_peak_mb": decode_peak / 2**20, "repeats": self.repeats,
+        }

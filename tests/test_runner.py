@@ -1,0 +1,181 @@
+"""The runner: tidy rows, resume without duplicates, failure rows, and clear errors on bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+import harness.runner as runner
+from harness.errors import HarnessError
+from harness.results import COMMON_COLUMNS, ResultsFile, collect
+from harness.runner import run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path, *overrides, task="passkey"):
+    base = ["model=tiny-random", f"task={task}", "task.lengths=[300,400]", "task.samples=2", f"results_dir={tmp_path}"]
+    if task == "passkey":
+        base.append("task.max_new_tokens=2")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*base, *overrides])
+
+
+def rows(summary) -> pd.DataFrame:
+    return ResultsFile(summary.path, []).read()
+
+
+def test_a_job_writes_one_tidy_row_per_length_and_sample(tmp_path):
+    summary = run_job(config(tmp_path, "method=mesa"))
+    frame = rows(summary)
+    assert len(frame) == 4 and summary.counts["ok"] == 4
+    assert list(frame.columns[: len(COMMON_COLUMNS)]) == COMMON_COLUMNS
+    assert set(frame["status"]) == {"ok"} and set(frame["score"]) <= {0.0, 1.0}
+    assert sorted(zip(frame["length"], frame["sample"])) == [(300, 0), (300, 1), (400, 0), (400, 1)]
+    assert (frame["tokens"] <= frame["length"]).all()
+    assert summary.path.parent == tmp_path / "runs" / "passkey" / "tiny-random"
+    assert summary.path.with_suffix(".yaml").exists()  # the job's full config, for provenance
+
+
+def test_rerun_computes_nothing_and_extends_without_duplicates(tmp_path, monkeypatch):
+    cfg = config(tmp_path, "method=origin")
+    first = run_job(cfg)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished job must not even load the model")
+
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    again = run_job(cfg)
+    assert again.counts == {"ok": 0, "oom": 0, "error": 0, "skipped": 4}
+    monkeypatch.undo()
+    more = run_job(config(tmp_path, "method=origin", "task.samples=3"))  # same file, one more sample each
+    assert more.path == first.path and more.counts["ok"] == 2
+    frame = rows(more)
+    assert len(frame) == 6 and not frame.duplicated(["length", "sample"]).any()
+
+
+def test_a_crash_loses_at_most_the_sample_in_flight(tmp_path, monkeypatch):
+    from tasks.passkey import PasskeyTask
+
+    real = PasskeyTask.evaluate
+    calls = {"n": 0}
+
+    def crash_on_third(self, model, task_input):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # like a kill: not an ordinary failure, nothing is recorded for it
+        return real(self, model, task_input)
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", crash_on_third)
+    cfg = config(tmp_path, "method=rerope")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(cfg)
+    path = runner.results_path(cfg)[0]
+    assert len(ResultsFile(path, []).read()) == 2
+    monkeypatch.undo()
+    summary = run_job(cfg)
+    assert summary.counts["ok"] == 2 and summary.counts["skipped"] == 2
+    assert len(rows(summary)) == 4
+
+
+def test_a_torn_last_line_is_cut_and_redone(tmp_path):
+    cfg = config(tmp_path, "method=origin")
+    summary = run_job(cfg)
+    text = summary.path.read_text()
+    summary.path.write_text(text[: len(text) - 40])  # a kill in the middle of writing the last row
+    again = run_job(cfg)
+    assert again.counts["ok"] == 1
+    frame = rows(again)
+    assert len(frame) == 4 and not frame.duplicated(["length", "sample"]).any()
+
+
+def test_failing_samples_are_recorded_and_the_job_goes_on(tmp_path, monkeypatch):
+    from tasks.passkey import PasskeyTask
+
+    def fail(self, model, task_input):
+        if task_input.tokens > 400:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ValueError("something else broke")
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", fail)
+    summary = run_job(config(tmp_path, "method=origin", "task.lengths=[300,500]"))
+    frame = rows(summary)
+    assert summary.counts == {"ok": 0, "oom": 2, "error": 2, "skipped": 0}
+    assert set(frame[frame["length"] == 500]["status"]) == {"oom"}
+    assert set(frame[frame["length"] == 300]["message"]) == {"something else broke"}
+
+
+def test_every_method_sees_the_same_tokens(tmp_path):
+    hashes = {m: rows(run_job(config(tmp_path, f"method={m}", "task.lengths=[300]"))) for m in ("origin", "mesa")}
+    assert list(hashes["origin"]["input_hash"]) == list(hashes["mesa"]["input_hash"])
+    assert hashes["origin"]["input_hash"].nunique() == 2
+
+
+@pytest.mark.parametrize("lengths,match", [("[-5]", "positive"), ("[1.5]", "positive"), ("[abc]", "positive"),
+                                           ("[0]", "positive")])
+def test_bad_lengths(tmp_path, lengths, match):
+    with pytest.raises(HarnessError, match=match):
+        run_job(config(tmp_path, "method=origin", f"task.lengths={lengths}"))
+
+
+def test_a_length_the_task_cannot_build_is_refused_before_any_compute(tmp_path):
+    with pytest.raises(HarnessError, match="cannot build length 20"):
+        run_job(config(tmp_path, "method=origin", "task.lengths=[300,20]"))
+    assert not list(tmp_path.glob("runs/**/*.csv"))
+
+
+def test_a_corrupted_results_file_is_reported_and_left_alone(tmp_path):
+    cfg = config(tmp_path, "method=origin")
+    path = runner.results_path(cfg)[0]
+    path.parent.mkdir(parents=True)
+    path.write_text("this is,not\na results file\n")
+    with pytest.raises(HarnessError, match="corrupted"):
+        run_job(cfg)
+    assert path.read_text() == "this is,not\na results file\n"
+
+
+def test_a_missing_local_model_path(tmp_path):
+    with pytest.raises(HarnessError, match="local_path"):
+        run_job(config(tmp_path, "method=origin", "model=llama2-7b", f"model.local_path={tmp_path}/nope"))
+
+
+def test_a_corpus_without_long_documents(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("short text " * 10)
+    with pytest.raises(HarnessError, match="no document"):
+        run_job(config(tmp_path, "method=origin", "task.lengths=[1000]", f"task.corpus.path={docs}", task="ppl"))
+
+
+def test_collect_gathers_every_job(tmp_path):
+    run_job(config(tmp_path, "method=origin", "task.lengths=[300]"))
+    run_job(config(tmp_path, "method=mesa", "task.lengths=[300]"))
+    table = collect(tmp_path, tmp_path / "all.csv")
+    assert len(table) == 4 and set(table["method"]) == {"origin", "mesa"}
+    assert len(pd.read_csv(tmp_path / "all.csv")) == 4
+
+
+def harness_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli_multirun_summary_and_one_line_errors(tmp_path):
+    common = ["model=tiny-random", "task=passkey", "task.lengths=[300]", "task.samples=1", "task.max_new_tokens=2",
+              f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"]
+    done = harness_cli("-m", "method=origin,mesa", *common)
+    assert done.returncode == 0, done.stderr
+    assert "sweep: 2 jobs, 2 new ok rows, 0 failed samples, 0 jobs not run" in done.stdout
+    assert len(list(tmp_path.glob("runs/passkey/tiny-random/*.csv"))) == 2
+
+    bad = harness_cli("method=origin", *common[:-1], "task.lengths=[-3]", f"hydra.run.dir={tmp_path}/run")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: task.lengths must be positive integers")
+    assert "Traceback" not in bad.stderr
+
+    mixed = harness_cli("-m", "method=origin", "task.lengths=[300],[-3]", *common[:2], *common[3:])
+    assert mixed.returncode == 1
+    assert "1 jobs not run" in mixed.stdout
