@@ -89,14 +89,18 @@ class WeaveMethod:
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return apply_rope(x, positions, self.inv_freq, self.attention_scaling)
 
-    def rotated_keys(self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def rotated_keys(
+        self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor, keep: bool = True
+    ) -> torch.Tensor:
         """``keys`` (B, KVH, Lk, D) rotated to ``positions`` (Lk,), reusing the previous step's work.
 
         During decoding the cache only grows and, for every method here, the positions of the
         earlier keys usually stay the same (Mesa re-weaves only when its stair shifts), so the
-        rotated prefix is kept and only new keys are rotated.
+        rotated prefix is kept and only new keys are rotated. ``keep=False`` (a prefill) does not
+        store the result: a prefill-only workload then never holds a second copy of the keys, and
+        decoding pays one full rotation at its first step.
         """
-        if not self.state.get("persist", False):
+        if not (keep and self.state.get("persist", False)):
             return self.rope(keys, positions)
         store = self.state.setdefault("rotated_keys", {})
         length = positions.shape[0]

@@ -159,7 +159,7 @@ class Mesa(WeaveMethod):
         lq, lk = query.shape[2], key.shape[2]
         plan: ChunkPlan = self.state["plan"]
         if lq < lk or plan.last_start == 0:  # decoding / continuing, or an unchunked prefill
-            return self._attend_all(layer_idx, query, key, value, scaling, torch.arange(lk - lq, lk))
+            return self._attend_all(layer_idx, query, key, value, scaling, torch.arange(lk - lq, lk), decoding=lq < lk)
         out = torch.empty_like(query)
         self._attend_first_and_middle(query, key, value, scaling, plan, out)
         s = plan.last_start
@@ -200,15 +200,15 @@ class Mesa(WeaveMethod):
         out[:, :, :f] = result[:, 0, :, :f]
         out[:, :, f:end] = result[:, :, :, f:].transpose(1, 2).reshape(b, heads, n * width, dim)
 
-    def _attend_all(self, layer_idx, query, key, value, scaling, query_index):
+    def _attend_all(self, layer_idx, query, key, value, scaling, query_index, decoding=False):
         """Queries at true indices ``query_index`` over all keys 0..Lk-1 with Stair PE (last chunk, decoding)."""
         lk = key.shape[2]
         if self.logn:
             query = query * logn_scale(query_index + 1, self.train_length).to(query.dtype)
         if self.variant == "paper" and lk > self.train_length:
-            return self._paper_stair(layer_idx, query, key, value, scaling, query_index)
+            return self._paper_stair(layer_idx, query, key, value, scaling, query_index, decoding)
         positions = self._stair_positions(lk)
-        woven_key = self.rotated_keys(layer_idx, "stair", key, positions)
+        woven_key = self.rotated_keys(layer_idx, "stair", key, positions, keep=decoding)
         woven_query = self.rope(query, positions[query_index])
         return blocked_causal_sdpa(woven_query, woven_key, value, query_index, scaling, self.block_bytes)
 
@@ -220,7 +220,7 @@ class Mesa(WeaveMethod):
             self.state["stair"] = cached
         return cached[1]
 
-    def _paper_stair(self, layer_idx, query, key, value, scaling, query_index):
+    def _paper_stair(self, layer_idx, query, key, value, scaling, query_index, decoding):
         """Eq. 3 with constant N and ceil: exact per pair, via the residues of t - N and j modulo E.
 
         With t - N = aE + alpha and j = bE + beta: ceil((d - N) / E) = a - b + [alpha > beta],
@@ -230,13 +230,13 @@ class Mesa(WeaveMethod):
         key_index = torch.arange(key.shape[2])
         shifted = query_index - n
         group = torch.div(shifted, e, rounding_mode="floor")
-        far_key = self.rotated_keys(layer_idx, "paper-far", key, torch.div(key_index, e, rounding_mode="floor"))
+        far_key = self.rotated_keys(layer_idx, "paper-far", key, torch.div(key_index, e, rounding_mode="floor"), decoding)
 
         def above(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
             return (k_idx % e)[None, :] < ((q_idx - n) % e)[:, None]
 
         return banded_two_rule_attention(
-            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index),
+            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index, decoding),
             [self.rope(query, n + group), self.rope(query, n + group + 1)], [far_key, far_key],
             value, query_index, band=n + 1, scaling=scaling, far_select=above, block_bytes=self.block_bytes,
         )

@@ -66,9 +66,10 @@ class ReRoPE(WeaveMethod):
         w = self.window
 
         near_query = self.rope(query, query_index)
-        near_key = self.rotated_keys(layer_idx, "near", key, key_index)
+        keep = lq < lk  # decoding: keep rotated keys for the next step
+        near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep)
         far_query = self.rope(query, query_index * inv_k + w * (1 - inv_k))
-        far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k)
+        far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k, keep)
         return banded_two_rule_attention(
             near_query, near_key, [far_query], [far_key], value, query_index, band=w, scaling=scaling,
             block_bytes=self.block_bytes,

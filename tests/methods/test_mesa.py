@@ -188,7 +188,8 @@ def test_woven_keys_are_reused_between_decode_steps():
     mesa.rope = lambda x, positions: rotations.append(x.shape[2]) or real_rope(x, positions)
     with torch.no_grad():
         out = model(input_ids=random_ids(300), use_cache=True)
+        out = model(input_ids=random_ids(1, seed=5), cache=out.cache, use_cache=True)  # rotates all keys once
         rotations.clear()
-        model(input_ids=random_ids(1, seed=5), cache=out.cache, use_cache=True)
+        model(input_ids=random_ids(1, seed=6), cache=out.cache, use_cache=True)
     # per layer: one query row and one new key; nothing of length 301
     assert max(rotations) == 1, rotations
