@@ -70,11 +70,19 @@ def run_cell(model_name: str, method: str, length: int, decode_steps: int, devic
     }
 
 
+# glibc serves allocations >= 32 MiB with fresh mmaps, so at 16k tokens every activation-sized
+# temporary pays page faults on first touch (measured here: a 32 MiB torch.cat took 18 ms instead
+# of 3 ms). That inflates every method and hides differences; raising the thresholds makes glibc
+# reuse its heap. Applied to every cell alike; --default-malloc measures without it.
+HEAP_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
+
+
 def spawn_cell(args, method: str, length: int) -> dict:
     command = [sys.executable, __file__, "--cell", method, str(length), "--model", args.model,
                "--decode-steps", str(args.decode_steps), "--device", args.device, "--seed", str(args.seed)]
+    env = dict(os.environ, **({} if args.default_malloc else HEAP_MALLOC))
     started = time.time()
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=args.cell_timeout)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=args.cell_timeout, env=env)
     if proc.returncode != 0:
         status = "oom" if "out of memory" in proc.stderr.lower() or proc.returncode == -9 else "error"
         last = (proc.stderr.strip().splitlines() or ["killed"])[-1]
@@ -125,6 +133,7 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's default mmap threshold")
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds before a cell is abandoned")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "methods.jsonl")
     parser.add_argument("--cell", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
@@ -137,13 +146,15 @@ def main() -> None:
     import torch
 
     print(f"# {args.model}, {args.device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; methods {args.methods}; lengths {args.lengths}", flush=True)
+          f"{os.cpu_count()} CPUs; methods {args.methods}; lengths {args.lengths}; "
+          f"malloc {'default' if args.default_malloc else 'heap (MALLOC_MMAP_THRESHOLD_=2^32)'}", flush=True)
     rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for length in args.lengths:
         for method in args.methods:
             row = spawn_cell(args, method, length)
-            row.update(model=args.model, device=args.device, torch=torch.__version__)
+            row.update(model=args.model, device=args.device, torch=torch.__version__,
+                       malloc="default" if args.default_malloc else "heap")
             rows.append(row)
             print(json.dumps(row), flush=True)
             with args.out.open("a") as f:

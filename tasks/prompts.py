@@ -25,4 +25,6 @@ def format_prompt(template: str, tokenizer, text: str, question: str, answer_pre
         )
     else:
         raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
-    return f"{prompt} {answer_prefix}" if answer_prefix else prompt
+    if not answer_prefix:
+        return prompt
+    return prompt + ("" if prompt.endswith((" ", "\n")) else " ") + answer_prefix

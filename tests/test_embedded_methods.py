@@ -24,16 +24,25 @@ def passkey_sample(smollm2):
 
 
 def test_every_method_equals_origin_on_a_short_input(smollm2, passkey_sample):
-    """400 tokens: inside ReRoPE's window (512) and far below Mesa's chunking threshold."""
+    """400 tokens: inside ReRoPE's window (512) and far below Mesa's chunking threshold.
+
+    In float64, with atol 1e-3: SmolLM2 has massive activations (~2.5e4 in layers 11-27) that
+    amplify rounding differences between attention kernels (summation order) from ~1e-14 per layer
+    to ~1e-4 on the logits (~1e-2 in fp32). A wrong position moves them by far more than 1e-3, as
+    the guard at the end shows."""
     model = smollm2.model
     ids = torch.tensor([passkey_sample.input_ids])
     with torch.no_grad():
         remove_method(model)
+        model.double()
         expected = model(ids).logits
         for method in METHODS:
             apply_method(model, method)
-            torch.testing.assert_close(model(ids).logits, expected, atol=1e-4, rtol=1e-4, msg=method)
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-3, rtol=0, msg=method)
+        apply_method(model, "rerope", window=64)  # guard: positions clipped inside the input
+        assert (model(ids).logits - expected).abs().max() > 0.1
     remove_method(model)
+    model.float()
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -46,3 +55,19 @@ def test_every_method_retrieves_a_passkey(smollm2, passkey_sample, method):
     answer = smollm2.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     remove_method(model)
     assert passkey.score(answer, passkey_sample.key), answer
+
+
+def test_cli_smoke_on_the_embedded_model(tmp_path):
+    """The README's main command, shortened: rows are written and a rerun computes nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "harness", "-m", "method=origin,mesa", "task.lengths=[512]", "task.samples=1",
+            f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"]
+    first = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "sweep: 2 jobs, 2 new ok rows, 0 failed samples" in first.stdout
+    again = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
+    assert "sweep: 2 jobs, 0 new ok rows" in again.stdout

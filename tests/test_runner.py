@@ -179,3 +179,40 @@ def test_cli_multirun_summary_and_one_line_errors(tmp_path):
     mixed = harness_cli("-m", "method=origin", "task.lengths=[300],[-3]", *common[:2], *common[3:])
     assert mixed.returncode == 1
     assert "1 jobs not run" in mixed.stdout
+
+
+def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path):
+    """A real kill -9 of the CLI while it writes rows, then the same command again."""
+    import os
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "harness", "model=tiny-random", "method=rerope", "task=passkey",
+            "task.lengths=[2000]", "task.samples=400", "task.max_new_tokens=2", f"results_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    csv_rows = 0
+    while time.time() < deadline and csv_rows < 5:
+        time.sleep(0.2)
+        files = list(tmp_path.glob("runs/passkey/tiny-random/*.csv"))
+        csv_rows = files[0].read_text().count("\n") - 1 if files else 0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = ResultsFile(files[0], []).read()
+    assert 5 <= len(partial) < 400, "the kill should land mid-run"
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    frame = ResultsFile(files[0], []).read()
+    assert len(frame) == 400 and not frame.duplicated(["length", "sample"]).any()
+    assert (frame["status"] == "ok").all()
+
+
+def test_speed_task_rows(tmp_path):
+    summary = run_job(config(tmp_path, "method=mesa", "task.lengths=[256,512]", "task.samples=1",
+                             "task.decode_steps=2", task="speed"))
+    frame = rows(summary)
+    assert list(frame["status"]) == ["ok", "ok"] and (frame["metric"] == "prefill_s").all()
+    assert (frame["prefill_s"] > 0).all() and (frame["decode_ms_per_token"] > 0).all()
+    assert (frame["score"] == frame["prefill_s"]).all()
+    assert frame["input_hash"].nunique() == 2

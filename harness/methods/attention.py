@@ -149,12 +149,14 @@ def banded_two_rule_attention(
         distance = idx[:, None] - key_index[None, band_lo:hi]
         s[..., band_lo:hi] = torch.where(distance < band, near, s[..., band_lo:hi])
         s.masked_fill_(key_index[None, :hi] > idx[:, None], float("-inf"))
-        # softmax in float32, in place when allowed (every row sees its own key: no row is all -inf)
+        # softmax in float32 (float64 stays), in place when allowed (every row sees its own key: no row is all -inf)
+        if s.dtype not in (torch.float32, torch.float64):
+            s = s.float()
         if reuse:
-            p = s.float() if s.dtype != torch.float32 else s
+            p = s
             p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
             p.div_(p.sum(dim=-1, keepdim=True))
         else:
-            p = torch.softmax(s.float(), dim=-1)
+            p = torch.softmax(s, dim=-1)
         out[:, :, :, start:stop] = torch.matmul(p.to(value.dtype).flatten(2, 3), value[:, :, :hi]).unflatten(2, (groups, n))
     return out.view(b, heads, lq, dim)
