@@ -67,7 +67,7 @@ class ResultsFile:
         if not text.endswith("\n"):  # a torn last line (killed mid-write) is not a row; it is cut on the next write
             text = text[: text.rfind("\n") + 1]
         try:
-            frame = pd.read_csv(io.StringIO(text), dtype={"input_hash": str, "config_hash": str})
+            frame = pd.read_csv(io.StringIO(text), dtype={"input_hash": str, "config_hash": str, "answer": str})
         except Exception as error:  # noqa: BLE001 - any parse failure means the same thing to the user
             raise HarnessError(f"results file {self.path} is corrupted ({error}); move it away and rerun") from None
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]

@@ -10,7 +10,7 @@ from tasks import passkey
 pytestmark = pytest.mark.slow
 SMOLLM2 = dict(name="smollm2-135m", source="gguf_package", hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
                local_path=None, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", train_length=8192,
-               prompt_template="chat", random_weights=False, seed=0, architecture=None)
+               prompt_template="raw", random_weights=False, seed=0, architecture=None)
 
 
 @pytest.fixture(scope="module")
