@@ -227,7 +227,7 @@ def test_embedded_smollm2(monkeypatch):
     monkeypatch.setattr(models, "_convert_gguf", no_conversion)
     loaded = load_model(model_cfg("smollm2-135m"))
 
-    assert loaded.train_length == 8192 and loaded.prompt_template == "chat"
+    assert loaded.train_length == 8192 and loaded.prompt_template == "raw"
     assert loaded.model.config.num_hidden_layers == 30 and not loaded.model.training
     sentence = "Long documents test whether a model can extrapolate."
     tokenizer = loaded.tokenizer
