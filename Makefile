@@ -33,6 +33,7 @@ corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (De
 clean:
 	rm -f $(STAMP)
 
-figures: $(STAMP)  ## every figure from the committed results (results/runs/** -> results/all.csv -> plots/figures/)
-	$(PYTHON) -m harness.collect
-	$(PYTHON) -m plots
+FIGURES_FROM ?= results/cpu-smollm2
+figures: $(STAMP)  ## every figure from the committed CPU reproduction (or FIGURES_FROM=dir) -> plots/figures/
+	$(PYTHON) -m harness.collect --results $(FIGURES_FROM)
+	$(PYTHON) -m plots --results $(FIGURES_FROM)/all.csv

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from harness import REPO_ROOT
 from harness.errors import HarnessError
 
 log = logging.getLogger("harness")
 # conf/ sits beside the package in the repository (the project is installed editable).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = str(REPO_ROOT / "conf")
 
 
 def _is_multirun() -> bool:

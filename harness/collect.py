@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.results import collect
-from harness.runner import REPO_ROOT
+from harness import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.results import COMMON_COLUMNS, ResultsFile, config_hash, input_hash
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass

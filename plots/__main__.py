@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import REPO_ROOT as ROOT
 from plots.figures import build_all
 
-ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = {
     "passkey": "Passkey retrieval accuracy vs input length (paper Figure 3); band = +- one std over samples; "
                "dashed line = the model's training length; x = a length where every sample failed (OOM/ERR).",

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from harness import REPO_ROOT  # noqa: E402
+
 METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa"]
 METHOD_STYLE = {
     "origin": dict(color="#444444", marker="o", label="Origin"),
@@ -26,7 +28,7 @@ METHOD_STYLE = {
     "leaky-rerope": dict(color="#2ca02c", marker="v", label="Leaky-ReRoPE"),
     "mesa": dict(color="#d62728", marker="D", label="Mesa"),
 }
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
 
 
 def style(method: str) -> dict:
@@ -72,17 +74,21 @@ def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, o
         return []
     all_methods = methods_in(frame)
     models = sorted(rows["model"].unique())
+    span = float(rows["length"].max() - rows["length"].min()) or float(rows["length"].max())
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = rows[rows["model"] == model]
-        for method in all_methods:
+        for rank, method in enumerate(all_methods):
             st = style(method)
+            # a small sideways shift per method, so equal values (e.g. all 0.0) do not hide each other
+            shift = (rank - (len(all_methods) - 1) / 2) * 0.008 * span
             cell = sub[sub["method"] == method]
             ok = cell[cell["status"] == "ok"]
             if cell.empty:
                 ax.plot([], [], color=st["color"], marker=st["marker"], linestyle="none", label=f"{st['label']} (no data)")
                 continue
             stats = ok.groupby("length")["score"].agg(["mean", "std", "count"]).reset_index()
+            stats["length"] = stats["length"] + shift
             ax.plot(stats["length"], stats["mean"], color=st["color"], marker=st["marker"], label=st["label"])
             if band == "std" and (stats["count"] > 1).any():
                 spread = stats["std"].fillna(0)
@@ -92,7 +98,7 @@ def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, o
                 ax.fill_between(stats["length"], low, high,
                                 color=st["color"], alpha=0.15, linewidth=0)
             failed = cell[cell["status"] != "ok"].groupby("length")["status"].agg(lambda s: s.mode().iloc[0])
-            failed = failed[~failed.index.isin(stats["length"])]  # lengths with no ok sample at all
+            failed = failed[~failed.index.isin(ok["length"])]  # lengths with no ok sample at all
             for length, status in failed.items():
                 y = ax.get_ylim()[0] if ylim is None else ylim[0]
                 ax.scatter([length], [y], marker="x", s=60, color=st["color"], clip_on=False, zorder=5)

@@ -31,9 +31,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from harness import REPO_ROOT
 from harness.errors import HarnessError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("local", "hf")
 _KEYS = {
     "local": {"source", "path", "max_documents"},

@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from plots.__main__ import main as plots_main
 from plots.figures import build_all, plot_heatmaps, plot_passkey, plot_speed
