@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -39,35 +38,20 @@ def method_params(name: str) -> dict:
 
 
 def run_cell(model_name: str, method: str, length: int, decode_steps: int, device: str, seed: int) -> dict:
-    import torch
+    """One cell, measured by the speed task's own evaluate() (one prefill, then decode steps)."""
     from omegaconf import OmegaConf
 
-    from harness.measure import measure
     from harness.methods import apply_method
     from harness.models import load_model
+    from tasks.speed import SpeedTask
 
-    torch.manual_seed(seed)
     loaded = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"), device=device)
     model = apply_method(loaded.model, method, **method_params(method))
-    vocab = model.config.vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, length), generator=generator).to(device)
-    with torch.no_grad():
-        model(input_ids=ids[:, :256], logits_to_keep=1)  # warm-up
-        with measure(device) as prefill:
-            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache, token, step_seconds = out.cache, out.logits[:, -1:].argmax(-1), []
-        for _ in range(decode_steps):
-            with measure(device) as step:
-                out = model(input_ids=token, cache=cache, use_cache=True)
-            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
-            step_seconds.append(step.seconds)
-    return {
-        "method": method, "length": length, "status": "ok",
-        "prefill_s": prefill.seconds, "peak_mb": prefill.peak_bytes / 2**20,
-        "baseline_mb": prefill.baseline_bytes / 2**20,
-        "decode_ms_per_token": 1000 * statistics.median(step_seconds) if step_seconds else float("nan"),
-    }
+    task = SpeedTask([length], 1, seed=seed, vocab_size=model.config.vocab_size, repeats=1,
+                     decode_steps=decode_steps, warmup_tokens=256)
+    result = task.evaluate(model, task.build_input(length, 0))
+    keep = ("prefill_s", "peak_mb", "baseline_mb", "decode_ms_per_token")
+    return {"method": method, "length": length, "status": "ok", **{k: result[k] for k in keep}}
 
 
 # glibc serves allocations >= 32 MiB with fresh mmaps, so at 16k tokens every activation-sized

@@ -7,7 +7,6 @@ and the summary callback (harness.callbacks) sets the exit status at the end.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -18,7 +17,6 @@ from omegaconf import DictConfig
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 
-log = logging.getLogger("harness")
 # conf/ sits beside the package in the repository (the project is installed editable).
 CONFIG_DIR = str(REPO_ROOT / "conf")
 

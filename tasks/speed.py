@@ -28,7 +28,8 @@ from tasks.base import Task, TaskInput
 class SpeedTask(Task):
     name = "speed"
     metric = "prefill_s"
-    columns = ("prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb", "decode_peak_mb", "repeats")
+    columns = ("prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb", "baseline_mb", "decode_peak_mb",
+               "repeats")
     needs_tokenizer = False
 
     def __init__(self, *args, repeats: int = 1, decode_steps: int = 8, warmup_tokens: int = 128, **kwargs):
@@ -56,6 +57,7 @@ class SpeedTask(Task):
                     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
                 times.append(prefill.seconds)
                 peaks.append(prefill.peak_bytes)
+                baseline = prefill.baseline_bytes
             steps, decode_peak = [], 0
             cache, token = out.cache, out.logits[:, -1:].argmax(-1)
             for _ in range(self.decode_steps):
@@ -68,5 +70,5 @@ class SpeedTask(Task):
         return {
             "score": prefill_s, "prefill_s": prefill_s, "prefill_tokens_per_s": task_input.tokens / prefill_s,
             "decode_ms_per_token": 1000 * statistics.median(steps) if steps else None,
-            "peak_mb": max(peaks) / 2**20, "decode_peak_mb": decode_peak / 2**20, "repeats": self.repeats,
+            "peak_mb": max(peaks) / 2**20, "baseline_mb": baseline / 2**20, "decode_peak_mb": decode_peak / 2**20, "repeats": self.repeats,
         }
