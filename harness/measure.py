@@ -6,13 +6,24 @@ so a background thread samples the resident set size every millisecond while the
 reports the peak above the RSS measured just before it started. The sampled peak can miss a
 spike shorter than the sampling interval; for the multi-second prefills measured here that
 bias is small, and every method is measured the same way.
+
+Memory freed by earlier work stays resident in glibc's heap, so a second measurement in the same
+process would reuse those pages and read ~0. Before each CPU measurement we therefore collect
+garbage and call ``malloc_trim(0)``, which returns free heap pages to the OS: the next piece of
+work faults in what it needs and its RSS peak is its own. (Where glibc is missing, e.g. macOS,
+only the first measurement in a process is reliable; a warning says so.)
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import threading
 import time
+import warnings
 from dataclasses import dataclass
+from functools import cache
 
 import psutil
 import torch
@@ -23,6 +34,26 @@ class Measurement:
     seconds: float = 0.0
     peak_bytes: int = 0  # peak above the level just before the work started
     baseline_bytes: int = 0  # the level just before (RSS on CPU, allocated tensors on CUDA)
+
+
+@cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` or None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return freed heap memory to the OS so that RSS reflects live memory only; True on success."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class measure:
@@ -47,6 +78,9 @@ class measure:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.result.baseline_bytes = torch.cuda.memory_allocated(self.device)
         else:
+            if not release_free_memory():
+                warnings.warn("no malloc_trim here: CPU peak memory is reliable only for the first "
+                              "measurement in a process", RuntimeWarning, stacklevel=2)
             self.result.baseline_bytes = self._peak_rss = psutil.Process().memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()

@@ -5,13 +5,9 @@ Inputs are random token ids (seeded), so any model works, including random-weigh
 prefill on a short input (first sample of the task object only), then ``repeats`` timed prefills
 (logits of the last position only, as ``generate`` does) and ``decode_steps`` timed cached greedy
 steps after the last one. Peak memory is measured around the prefill only (harness.measure: peak
-allocated after a reset on CUDA; sampled RSS above the level before the prefill on CPU).
+allocated after a reset on CUDA; sampled RSS above the level before the prefill on CPU, after
+freed heap memory has been returned to the OS, so every sample of a job is measured alike).
 ``score`` is the median prefill time in seconds.
-
-Known limitation (CPU): peak memory is sampled RSS, so only a job's first sample is right; memory
-freed by earlier samples stays resident and later samples read ~0. CUDA peaks are exact. For CPU
-memory use benchmarks/bench_methods.py (a fresh process per cell) until samples run in their own
-process here.
 """
 
 from __future__ import annotations
