@@ -1,13 +1,14 @@
 """The Hydra entry point: ``python -m harness [model=...] [method=...] [task=...] [overrides]``.
 
 Errors the user can fix are printed as one line. A single run exits non-zero when its input is
-bad (2) or when samples failed (1); in a multirun a bad job is reported and the sweep goes on,
-and the summary callback (harness.callbacks) sets the exit status at the end.
+bad (2) or when samples failed (1); in a multirun a bad or crashing job is reported (with its
+traceback) and the sweep goes on, and the summary callback (harness.callbacks) sets the exit status at the end.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
+from harness.launchers import check_launcher_plugins
 
 # conf/ sits beside the package in the repository (the project is installed editable).
 CONFIG_DIR = str(REPO_ROOT / "conf")
@@ -30,17 +32,30 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict:
+    from harness.plan import format_plan, plan_job
     from harness.runner import run_job
     from harness.summary import print_job_summary
 
     job = f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name}"
+    if _is_multirun():  # the job's own overrides tell jobs of one sweep apart
+        job = " ".join(HydraConfig.get().overrides.task) or job
     try:
+        if cfg.get("plan"):  # list what would run; load nothing, compute nothing
+            plan = plan_job(cfg)
+            print(format_plan(plan), flush=True)
+            return {"job": job, "planned": plan.to_run, "done": plan.done, "tokens": plan.tokens_to_run}
         summary = run_job(cfg)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         if _is_multirun():
             return {"job": job, "invalid": str(error)}
         sys.exit(2)
+    except Exception as error:  # a bug or an unexpected failure: in a sweep, report it and go on
+        if not _is_multirun():
+            raise
+        traceback.print_exc()
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        return {"job": job, "crashed": f"{type(error).__name__}: {first_line}"}
     print_job_summary(summary)
     result = {"job": job, "path": str(summary.path), **summary.counts}
     if summary.failed and not _is_multirun():
@@ -49,6 +64,7 @@ def _hydra_main(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
+    check_launcher_plugins()  # a launcher plugin that is not installed: one line, exit 2
     import transformers
 
     # generate() warns on every prompt longer than the model's max_position_embeddings, which is

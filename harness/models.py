@@ -70,6 +70,9 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     _check_config(cfg)
     torch_dtype = _torch_dtype(dtype)
 
+    placement = _placement(cfg, device)
+    if "max_memory" in placement:  # a device_map: build on the CPU, then spread over the devices
+        device = "cpu"
     if cfg["source"] == "gguf_package":
         model, tokenizer = _load_gguf_package(cfg, device, torch_dtype)
     elif cfg["source"] == "random":
@@ -79,7 +82,9 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     elif cfg.get("random_weights"):
         model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype), _try_tokenizer(cfg)
     else:
-        model, tokenizer = _load_hf(cfg, device, torch_dtype)
+        model, tokenizer = _load_hf(cfg, placement, torch_dtype)
+    if cfg["source"] != "hf" or cfg.get("random_weights"):
+        model = _dispatch(model, placement)
 
     model.eval()
     train_length = _train_length(cfg, model.config)
@@ -91,6 +96,35 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
         train_length=train_length,
         prompt_template=cfg.get("prompt_template") or "raw",
     )
+
+
+def _placement(cfg: dict, device: str) -> dict:
+    """``from_pretrained``'s device placement: the run's device, or the model's ``device_map``.
+
+    ``model.device_map: auto`` (or balanced, sequential, or a {module: device} dict) spreads a
+    model over every visible GPU with accelerate, for models or lengths that do not fit on one;
+    ``model.max_memory`` ({device: "70GiB"}) caps what each device gets.
+    """
+    device_map = cfg.get("device_map")
+    if device_map is None:
+        return {"device_map": device}
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise HarnessError(f"model.device_map must be auto, balanced, balanced_low_0, sequential or a "
+                           f"{{module: device}} mapping, got {device_map!r}")
+    return {"device_map": device_map, "max_memory": cfg.get("max_memory")}
+
+
+def _dispatch(model: torch.nn.Module, placement: dict) -> torch.nn.Module:
+    """Spread a model built in one piece (random weights, the embedded model) over devices, if asked."""
+    if "max_memory" not in placement:  # no device_map: the model is already on its device
+        return model
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = placement["device_map"]
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, max_memory=placement.get("max_memory"),
+                                           no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=device_map)
 
 
 def cache_root() -> Path:
@@ -193,7 +227,7 @@ def _build_random(cfg: dict, config, device: str, dtype: torch.dtype) -> torch.n
 # Hugging Face checkpoints (source: hf)
 
 
-def _load_hf(cfg: dict, device: str, dtype: torch.dtype):
+def _load_hf(cfg: dict, placement: dict, dtype: torch.dtype):
     """Load weights and tokenizer from local_path, the local Hugging Face cache, or the Hub."""
     local_dir = _local_dir(cfg)
     if local_dir:
@@ -203,7 +237,7 @@ def _load_hf(cfg: dict, device: str, dtype: torch.dtype):
                 f"point it at a Hugging Face model folder (config.json, weights, tokenizer)"
             )
         try:
-            return _from_pretrained(local_dir, device, dtype, local_files_only=True)
+            return _from_pretrained(local_dir, placement, dtype, local_files_only=True)
         except (OSError, ValueError) as error:  # missing/unreadable weights (OSError) or tokenizer (ValueError)
             raise ModelNotAvailableError(
                 f"model {cfg['name']!r}: cannot load model.local_path={cfg['local_path']}: {_first_line(error)}"
@@ -211,12 +245,12 @@ def _load_hf(cfg: dict, device: str, dtype: torch.dtype):
 
     # Try the local cache first: it is instant, while an unreachable Hub costs ~45 s of retries.
     try:
-        return _from_pretrained(cfg["hf_id"], device, dtype, local_files_only=True)
+        return _from_pretrained(cfg["hf_id"], placement, dtype, local_files_only=True)
     except OSError as error:
         if _hub_offline() or not _hub_reachable():
             raise _not_available(cfg) from error
     try:
-        return _from_pretrained(cfg["hf_id"], device, dtype, local_files_only=False)
+        return _from_pretrained(cfg["hf_id"], placement, dtype, local_files_only=False)
     except OSError as error:
         raise _not_available(cfg) from error
 
@@ -234,13 +268,11 @@ def _local_dir(cfg: dict) -> Path | None:
     return path
 
 
-def _from_pretrained(path_or_id, device: str, dtype: torch.dtype, local_files_only: bool):
+def _from_pretrained(path_or_id, placement: dict, dtype: torch.dtype, local_files_only: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
-    model = AutoModelForCausalLM.from_pretrained(
-        path_or_id, dtype=dtype, device_map=device, local_files_only=local_files_only
-    )
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, local_files_only=local_files_only, **placement)
     return model, tokenizer
 
 

@@ -7,13 +7,18 @@ Layout (documented in README.md)::
     results/all.csv                                            everything, from `python -m harness.collect`
 
 Why this is safe:
-* every row is written with one ``write`` of a whole line, flushed and fsync'ed, so a crash or
-  kill loses at most the sample in flight (a torn last line is cut off on the next open);
-* a rerun reads the (length, sample) pairs already present and computes only the rest, so it
-  never duplicates a row;
-* each job owns its file (the config hash is in the name) and holds an exclusive lock on it while
-  it runs, so parallel multirun jobs never write into one file, and a second copy of the same job
-  stops with a clear error instead of interleaving rows.
+* every row is written with whole-line writes under a short exclusive write lock, then fsync'ed, so
+  a crash or kill loses at most the sample in flight (a torn last line is cut off before the next
+  write and ignored by readers);
+* a sample is computed only by the process holding its claim, a POSIX record lock on one byte of
+  the job's ``.lock`` file; the kernel drops the claims of a process that dies, so a killed or
+  pre-empted job's samples are free again at once;
+* a claimed sample is computed only if the file has no row for it yet, so no row is ever written
+  twice, and jobs that write into one file (the same job started twice, or one job split by
+  lengths over several processes) share the work instead of failing;
+* a write that fails (disk full, quota) is rolled back to the last whole row and stops the job
+  with a one-line error; nothing already written is touched.
+The results directory must be on a filesystem with POSIX locks (local disks and NFS have them).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +43,16 @@ COMMON_COLUMNS = [
     "timestamp",
 ]
 STATUSES = ("ok", "oom", "error")
+# Columns that legitimately differ between two runs of the same sweep: wall-clock and measured
+# speed/memory. Everything else in a row is a pure function of the config (tests check this).
+TIMING_COLUMNS = ("seconds", "timestamp", "prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb",
+                  "baseline_mb", "decode_peak_mb")
+TIMED_METRICS = ("prefill_s",)  # tasks whose score is itself a timing
+ROW_KEY = ["model", "method", "task", "config_hash", "length", "sample"]
+# Claims are POSIX record locks on single bytes of the job's .lock file: byte 0 is the writers'
+# mutex, byte _CLAIMS_START + length * _MAX_SAMPLES + sample claims one sample.
+_CLAIMS_START = 1
+_MAX_SAMPLES = 1 << 24
 
 
 def config_hash(payload: dict) -> str:
@@ -82,22 +99,26 @@ class ResultsFile:
 
     # -- writing --------------------------------------------------------------------------
     def __enter__(self) -> ResultsFile:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.path.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise HarnessError(f"another run is writing {self.path}; wait for it or stop it") from None
-        self._repair_torn_line()
-        self._fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-        if os.fstat(self._fd).st_size == 0:
-            self._write_line(self.columns)
-        else:
-            header = next(csv.reader([self.path.open().readline()]))
-            if header != self.columns:
-                self.close()
-                raise HarnessError(f"results file {self.path} has other columns than this task writes; move it away")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.path.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+            self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
+        except OSError as error:
+            self.close()
+            raise HarnessError(f"cannot write results to {self.path.parent} ({error.strerror}); "
+                               f"set results_dir= to a writable folder") from None
+        with self._write_lock():
+            self._cut_torn_line()
+            if os.fstat(self._fd).st_size == 0:
+                self._write_line(self.columns)
+                header = self.columns
+            else:
+                header = next(csv.reader([self.path.open().readline()]))
+        if not self.columns:  # opened only to claim or append in the file's own layout
+            self.columns = header
+        elif header != self.columns:
+            self.close()
+            raise HarnessError(f"results file {self.path} has other columns than this task writes; move it away")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -106,29 +127,75 @@ class ResultsFile:
     def close(self) -> None:
         for fd in (self._fd, self._lock_fd):
             if fd is not None:
-                os.close(fd)
+                os.close(fd)  # closing the lock file releases every claim this process holds on it
         self._fd = self._lock_fd = None
+
+    @contextmanager
+    def claim(self, length: int, sample: int) -> Iterator[bool]:
+        """Yields True if this process may compute (length, sample): nobody else is computing it and
+        it has no row yet. The claim is held until the block ends (or the process dies)."""
+        offset = _CLAIMS_START + length * _MAX_SAMPLES + sample
+        try:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:  # another process holds it
+            yield False
+            return
+        try:
+            yield (length, sample) not in self.done()
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
     def append(self, row: dict) -> None:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"row has columns the file does not: {sorted(unknown)}")
-        self._write_line(["" if row.get(c) is None else row.get(c) for c in self.columns])
+        with self._write_lock():
+            self._cut_torn_line()
+            self._write_line(["" if row.get(c) is None else row.get(c) for c in self.columns])
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, 0)  # byte 0: the writers' mutex (blocking, held briefly)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, 0)
 
     def _write_line(self, values: list) -> None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(values)
-        os.write(self._fd, buffer.getvalue().encode())
-        os.fsync(self._fd)
+        data = buffer.getvalue().encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            written = 0
+            while written < len(data):  # a write may be short (e.g. the disk fills up mid-line)
+                written += os.write(self._fd, data[written:])
+            os.fsync(self._fd)
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, size)  # roll back to the last whole row
+            except OSError:
+                pass  # a torn line that is left is cut before the next write and ignored by readers
+            raise HarnessError(f"could not write a row to {self.path} ({error.strerror}); rows already written "
+                               f"are kept: fix that and rerun the same command to go on") from None
 
-    def _repair_torn_line(self) -> None:
-        """A kill during a write can leave a partial last line: cut it, so the file stays valid CSV."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+    def _cut_torn_line(self) -> None:
+        """A writer killed mid-line leaves a partial last line: cut it so the next row starts on a line
+        of its own (callers hold the write lock, so no live writer is mid-line)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
             return
-        with self.path.open("rb+") as f:
-            data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+        tail = os.pread(self._fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        cut = tail.rfind(b"\n")
+        os.ftruncate(self._fd, size - len(tail) + cut + 1 if cut >= 0 else 0)
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows without their timing columns, in a canonical order: two runs of one sweep give equal frames."""
+    frame = frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
+    if "metric" in frame.columns:
+        frame = frame.assign(score=frame["score"].where(~frame["metric"].isin(TIMED_METRICS)))
+    return frame.sort_values(ROW_KEY).reset_index(drop=True)
 
 
 def collect(root: Path, out: Path) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobSummary:
     path: Path
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0})
+    # skipped: rows already written; busy: samples another process was computing (left to it)
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0, "busy": 0})
 
     @property
     def failed(self) -> int:
@@ -60,7 +62,8 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     task.pop("lengths", None)
     task.pop("samples", None)
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.pop("local_path", None)  # where the weights live does not change the numbers
+    for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
+        model.pop(where, None)
     payload = dict(model=model, method=OmegaConf.to_container(cfg.method, resolve=True), task=task,
                    seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
     digest = config_hash(payload)
@@ -68,6 +71,18 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     if not root.is_absolute():
         root = REPO_ROOT / root
     return root / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
+
+
+def check_writable(folder: Path) -> None:
+    """One-line error if rows cannot be written under ``folder`` (checked before any model is loaded)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise HarnessError(f"results directory {folder} is not writable ({error.strerror}); "
+                           f"set results_dir= to a writable folder") from None
 
 
 def _git_rev() -> str:
@@ -100,6 +115,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
         raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
     path, digest = results_path(cfg)
+    check_writable(path.parent)  # before loading anything
     summary = JobSummary(path)
     done = ResultsFile(path, []).done()
     todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
@@ -138,26 +154,35 @@ def run_job(cfg: DictConfig) -> JobSummary:
         bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="sample", dynamic_ncols=True)
         for length, index in bar:
             bar.set_postfix(length=length)
-            task_input = task.build_input(length, index)
-            row = dict(provenance, length=length, sample=index, tokens=task_input.tokens,
-                       input_hash=input_hash(task_input.input_ids), **task_input.info)
-            started = time.perf_counter()
-            try:
-                row.update(task.evaluate(model, task_input), status="ok")
-            except Exception as error:  # noqa: BLE001 - a failing sample is recorded, the sweep goes on
-                row.update(status="oom" if _is_oom(error) else "error", message=str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
-                log.warning("%s/%s length %d sample %d: %s", method_name, cfg.task.name, length, index, row["status"])
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            row.update(seconds=round(time.perf_counter() - started, 3),
-                       timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-            results.append(row)
-            summary.counts[row["status"]] += 1
+            with results.claim(length, index) as mine:
+                if mine:
+                    summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
+                else:  # another process computes it, or wrote it since this job started
+                    summary.counts["busy" if (length, index) not in results.done() else "skipped"] += 1
     return summary
+
+
+def _run_sample(cfg, task, model, results: ResultsFile, provenance: dict, length: int, index: int) -> str:
+    """Compute one sample and write its row; returns the row's status."""
+    task_input = task.build_input(length, index)
+    row = dict(provenance, length=length, sample=index, tokens=task_input.tokens,
+               input_hash=input_hash(task_input.input_ids), **task_input.info)
+    started = time.perf_counter()
+    try:
+        row.update(task.evaluate(model, task_input), status="ok")
+    except Exception as error:  # noqa: BLE001 - a failing sample is recorded, the sweep goes on
+        row.update(status="oom" if _is_oom(error) else "error", message=str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+        log.warning("%s/%s length %d sample %d: %s", provenance["method"], cfg.task.name, length, index, row["status"])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    row.update(seconds=round(time.perf_counter() - started, 3),
+               timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    results.append(row)
+    return row["status"]
 
 
 def _write_config_once(path: Path, cfg: DictConfig) -> None:
     if not path.exists():
-        tmp = path.with_suffix(".yaml.tmp")
+        tmp = path.with_suffix(f".yaml.{os.getpid()}.tmp")  # per process: jobs sharing a file may race here
         tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tmp.replace(path)

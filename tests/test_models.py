@@ -238,3 +238,51 @@ def test_embedded_smollm2(monkeypatch):
         logits = loaded.model(ids).logits[0, -1]
     assert torch.isfinite(logits).all()
     assert tokenizer.decode(logits.argmax()).strip()
+
+
+def test_device_map_places_a_local_checkpoint_and_keeps_the_numbers(local_checkpoint):
+    from harness.methods import apply_method
+
+    cfg = model_cfg("llama2-7b")
+    cfg.local_path = str(local_checkpoint)
+    plain = load_model(cfg).model
+    seen = {}
+    original = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return original(cls, *args, **kwargs)
+
+    cfg.device_map, cfg.max_memory = "auto", {"cpu": "4GiB"}  # on a CPU-only machine: every module on the CPU
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+        mapped = load_model(cfg).model
+    assert seen["device_map"] == "auto" and seen["max_memory"] in ({"cpu": "4GiB"}, {"cpu": 4 * 2**30})
+    assert {p.device.type for p in mapped.parameters()} == {"cpu"}
+    ids = torch.randint(0, 200, (1, 80))
+    for name in ("origin", "mesa"):
+        params = {} if name == "origin" else dict(first_chunk=8, last_chunk=16, stair_width=4, reserve_new_tokens=4,
+                                                  first_chunk_cache=8, min_remainder=8, train_length=32)
+        with torch.no_grad():
+            expected = apply_method(plain, name, **params)(ids).logits
+            got = apply_method(mapped, name, **params)(ids).logits
+        torch.testing.assert_close(got, expected)
+
+
+def test_device_map_on_random_weights_and_bad_values():
+    cfg = model_cfg("tiny-random")
+    cfg.device_map = {"": "cpu"}
+    loaded = load_model(cfg)
+    assert loaded.model.hf_device_map == {"": "cpu"}
+    cfg.device_map = "everywhere"
+    with pytest.raises(HarnessError, match="model.device_map must be auto"):
+        load_model(cfg)
+
+
+def test_device_map_does_not_change_where_results_go(tmp_path):
+    from tests.test_runner import config
+    from harness.runner import results_path
+
+    plain = results_path(config(tmp_path, "method=origin"))
+    mapped = results_path(config(tmp_path, "method=origin", "+model.device_map=auto", "+model.max_memory={cpu: 8GiB}"))
+    assert plain == mapped

@@ -49,7 +49,7 @@ def test_rerun_computes_nothing_and_extends_without_duplicates(tmp_path, monkeyp
 
     monkeypatch.setattr("harness.models.load_model", no_model)
     again = run_job(cfg)
-    assert again.counts == {"ok": 0, "oom": 0, "error": 0, "skipped": 4}
+    assert again.counts == {"ok": 0, "oom": 0, "error": 0, "skipped": 4, "busy": 0}
     monkeypatch.undo()
     more = run_job(config(tmp_path, "method=origin", "task.samples=3"))  # same file, one more sample each
     assert more.path == first.path and more.counts["ok"] == 2
@@ -103,7 +103,7 @@ def test_failing_samples_are_recorded_and_the_job_goes_on(tmp_path, monkeypatch)
     monkeypatch.setattr(PasskeyTask, "evaluate", fail)
     summary = run_job(config(tmp_path, "method=origin", "task.lengths=[300,500]"))
     frame = rows(summary)
-    assert summary.counts == {"ok": 0, "oom": 2, "error": 2, "skipped": 0}
+    assert summary.counts == {"ok": 0, "oom": 2, "error": 2, "skipped": 0, "busy": 0}
     assert set(frame[frame["length"] == 500]["status"]) == {"oom"}
     assert set(frame[frame["length"] == 300]["message"]) == {"something else broke"}
 

@@ -1,0 +1,69 @@
+"""Plan mode: cells, done counts and token totals without loading weights; memory estimates from the shape."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from harness.plan import Shape, estimate_memory, plan_job
+from harness.runner import run_job
+from tests.test_runner import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("tied,kv_heads", [(False, 2), (True, 4)])
+def test_parameter_count_matches_transformers(tied, kv_heads):
+    arch = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=kv_heads,
+                head_dim=16, intermediate_size=96, tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch))
+    assert Shape.from_config(arch).parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_llama2_7b_shape_from_its_model_config():
+    from omegaconf import OmegaConf
+
+    arch = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2-7b.yaml").architecture)
+    assert Shape.from_config(arch).parameters == 6_738_415_616  # the published count
+
+
+def test_memory_estimate_parts():
+    shape = Shape(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, intermediate=11008, tied=False)
+    one = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 4096, 0, "float16")
+    two = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 8192, 0, "float16")
+    assert one["weights"] == pytest.approx(6_738_415_616 * 2 / 2**30)
+    assert one["kv_cache"] == pytest.approx(2 * 32 * 32 * 128 * 4096 * 2 / 2**30)  # 2 GiB at 4k
+    assert two["kv_cache"] == pytest.approx(2 * one["kv_cache"])
+    assert one["total"] == pytest.approx(one["weights"] + one["kv_cache"] + one["work"])
+    fp32 = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 4096, 0, "float32")
+    assert fp32["weights"] == pytest.approx(2 * one["weights"])
+    # the weave methods keep rotated key copies while decoding; Origin does not
+    decoding = {m: estimate_memory(shape, m, {}, {"name": "passkey"}, 16384, 8, "float16")["work"] for m in
+                ("origin", "mesa", "rerope")}
+    assert decoding["origin"] < decoding["mesa"] < decoding["rerope"]
+
+
+def test_plan_counts_done_samples_and_loads_nothing(tmp_path, monkeypatch):
+    run_job(config(tmp_path, "method=mesa", "task.lengths=[300]", "task.samples=1"))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("plan mode must not load the model")
+
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    plan = plan_job(config(tmp_path, "method=mesa", "task.lengths=[300,400]", "task.samples=3"))
+    assert [(c.length, c.done, c.to_run) for c in plan.cells] == [(300, 1, 2), (400, 0, 3)]
+    assert plan.tokens_to_run == 2 * (300 + 2) + 3 * (400 + 2)  # input + max_new_tokens per sample
+    assert plan.shape_source == "model.architecture" and plan.cells[0].memory["total"] > 0
+
+
+def test_plan_on_the_command_line_runs_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "harness", "-m", "model=tiny-random", "method=origin,mesa", "plan=true",
+                           "task.lengths=[300,400]", "task.samples=2", f"results_dir={tmp_path}",
+                           f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # 2 jobs x 2 samples x (300 + 400 + 2 x 8 new tokens)
+    assert "plan: 2 jobs, 8 samples to run (0 already done), 2,864 tokens; nothing was run" in done.stdout
+    assert "est. peak GiB" in done.stdout
+    assert not list(tmp_path.glob("runs/**/*.csv"))
