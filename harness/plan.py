@@ -29,7 +29,9 @@ from harness.results import ResultsFile
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Rotated key copies (each the size of one layer's K cache) a method keeps per layer while decoding.
-DECODE_KEY_COPIES = {"rerope": 2, "leaky-rerope": 2, "mesa": 1}
+# ReRoPE: the near-rotated keys (its far rule uses the un-rotated keys); Leaky-ReRoPE: near and
+# far; Mesa: the stair-rotated keys.
+DECODE_KEY_COPIES = {"rerope": 1, "leaky-rerope": 2, "mesa": 1}
 
 
 @dataclass
@@ -122,8 +124,9 @@ def attention_scratch_bytes(method: str, params: dict, shape: Shape, length: int
     per_token = shape.heads * shape.head_dim * dtype_bytes  # one (L, H, D) tensor per token
     kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
     if method in ("rerope", "leaky-rerope"):
-        # near and far rotated keys, blocked scores (two rules) bounded by block_bytes, the output
-        return 2 * length * kv_per_token + 2 * int(params.get("block_bytes", 64 * 2**20)) + length * per_token
+        # rotated key copies, blocked scores (two rules) bounded by block_bytes, the output
+        copies = DECODE_KEY_COPIES[method]
+        return copies * length * kv_per_token + 2 * int(params.get("block_bytes", 64 * 2**20)) + length * per_token
     if method == "mesa":
         # stair-rotated keys, stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)), the last chunk's mask block
         return length * kv_per_token + 4 * length * per_token + int(params.get("block_bytes", 64 * 2**20))

@@ -41,8 +41,9 @@ def test_memory_estimate_parts():
     assert fp32["weights"] == pytest.approx(2 * one["weights"])
     # the weave methods keep rotated key copies while decoding; Origin does not
     decoding = {m: estimate_memory(shape, m, {}, {"name": "passkey"}, 16384, 8, "float16")["work"] for m in
-                ("origin", "mesa", "rerope")}
-    assert decoding["origin"] < decoding["mesa"] < decoding["rerope"]
+                ("origin", "mesa", "rerope", "leaky-rerope")}
+    assert decoding["origin"] < decoding["mesa"] == decoding["rerope"] < decoding["leaky-rerope"]
+    assert decoding["leaky-rerope"] == pytest.approx(2 * decoding["mesa"])  # two rotated copies of K vs one
 
 
 def test_plan_counts_done_samples_and_loads_nothing(tmp_path, monkeypatch):
