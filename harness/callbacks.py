@@ -70,10 +70,10 @@ class SweepSummary(Callback):
             todo, done = sum(j.get("planned", 0) for j in jobs), sum(j.get("done", 0) for j in jobs)
             tokens = sum(j.get("tokens", 0) for j in jobs)
             print(f"\nplan: {len(jobs)} jobs, {todo} samples to run ({done} already done), {tokens:,} tokens; nothing was run")
-            for j in jobs:
-                if "invalid" in j:
-                    print(f"  invalid: {j['job']}: {j['invalid']}")
-            if any("invalid" in j for j in jobs):
+            invalid = [j for j in jobs if "invalid" in j]
+            for j in invalid:
+                print(f"  invalid: {j['job']}: {j['invalid']}")
+            if invalid:
                 sys.exit(1)
             return
         bad = [j for j in jobs if "invalid" in j or "crashed" in j]

@@ -70,9 +70,12 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     _check_config(cfg)
     torch_dtype = _torch_dtype(dtype)
 
-    placement = _placement(cfg, device)
-    if "max_memory" in placement:  # a device_map: build on the CPU, then spread over the devices
+    device_map = _device_map(cfg)
+    if device_map is not None:  # built in one piece on the CPU, then spread over the devices
+        placement = {"device_map": device_map, "max_memory": cfg.get("max_memory")}
         device = "cpu"
+    else:
+        placement = {"device_map": device}
     if cfg["source"] == "gguf_package":
         model, tokenizer = _load_gguf_package(cfg, device, torch_dtype)
     elif cfg["source"] == "random":
@@ -83,8 +86,8 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
         model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype), _try_tokenizer(cfg)
     else:
         model, tokenizer = _load_hf(cfg, placement, torch_dtype)
-    if cfg["source"] != "hf" or cfg.get("random_weights"):
-        model = _dispatch(model, placement)
+    if device_map is not None and (cfg["source"] != "hf" or cfg.get("random_weights")):
+        model = _dispatch(model, device_map, cfg.get("max_memory"))  # from_pretrained placed the others
 
     model.eval()
     train_length = _train_length(cfg, model.config)
@@ -98,32 +101,26 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     )
 
 
-def _placement(cfg: dict, device: str) -> dict:
-    """``from_pretrained``'s device placement: the run's device, or the model's ``device_map``.
+def _device_map(cfg: dict):
+    """The model's ``device_map`` (None: the run's device), checked.
 
     ``model.device_map: auto`` (or balanced, sequential, or a {module: device} dict) spreads a
     model over every visible GPU with accelerate, for models or lengths that do not fit on one;
     ``model.max_memory`` ({device: "70GiB"}) caps what each device gets.
     """
     device_map = cfg.get("device_map")
-    if device_map is None:
-        return {"device_map": device}
     if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
         raise HarnessError(f"model.device_map must be auto, balanced, balanced_low_0, sequential or a "
                            f"{{module: device}} mapping, got {device_map!r}")
-    return {"device_map": device_map, "max_memory": cfg.get("max_memory")}
+    return device_map
 
 
-def _dispatch(model: torch.nn.Module, placement: dict) -> torch.nn.Module:
-    """Spread a model built in one piece (random weights, the embedded model) over devices, if asked."""
-    if "max_memory" not in placement:  # no device_map: the model is already on its device
-        return model
+def _dispatch(model: torch.nn.Module, device_map, max_memory) -> torch.nn.Module:
+    """Spread a model built in one piece (random weights, the embedded model) over devices."""
     from accelerate import dispatch_model, infer_auto_device_map
 
-    device_map = placement["device_map"]
     if isinstance(device_map, str):
-        device_map = infer_auto_device_map(model, max_memory=placement.get("max_memory"),
-                                           no_split_module_classes=model._no_split_modules)
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
     return dispatch_model(model, device_map=device_map)
 
 

@@ -105,8 +105,7 @@ class ResultsFile:
             self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o644)
         except OSError as error:
             self.close()
-            raise HarnessError(f"cannot write results to {self.path.parent} ({error.strerror}); "
-                               f"set results_dir= to a writable folder") from None
+            raise _not_writable(self.path.parent, error) from None
         with self._write_lock():
             self._cut_torn_line()
             if os.fstat(self._fd).st_size == 0:
@@ -131,17 +130,18 @@ class ResultsFile:
         self._fd = self._lock_fd = None
 
     @contextmanager
-    def claim(self, length: int, sample: int) -> Iterator[bool]:
-        """Yields True if this process may compute (length, sample): nobody else is computing it and
-        it has no row yet. The claim is held until the block ends (or the process dies)."""
+    def claim(self, length: int, sample: int) -> Iterator[str]:
+        """Yields what this process may do with (length, sample): "mine" (compute it: nobody else is
+        and it has no row yet), "busy" (another live process holds it) or "skipped" (it has a row).
+        A "mine" claim is held until the block ends (or the process dies)."""
         offset = _CLAIMS_START + length * _MAX_SAMPLES + sample
         try:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:  # another process holds it
-            yield False
+            yield "busy"
             return
         try:
-            yield (length, sample) not in self.done()
+            yield "skipped" if (length, sample) in self.done() else "mine"
         finally:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
@@ -188,6 +188,22 @@ class ResultsFile:
         tail = os.pread(self._fd, min(size, 1 << 20), max(0, size - (1 << 20)))
         cut = tail.rfind(b"\n")
         os.ftruncate(self._fd, size - len(tail) + cut + 1 if cut >= 0 else 0)
+
+
+def check_writable(folder: Path) -> None:
+    """One-line error if rows cannot be written under ``folder`` (the runner checks this before loading a model)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _not_writable(folder, error) from None
+
+
+def _not_writable(folder: Path, error: OSError) -> HarnessError:
+    return HarnessError(f"results directory {folder} is not writable ({error.strerror}); "
+                        f"set results_dir= to a writable folder")
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:

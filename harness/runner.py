@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
-from harness.results import COMMON_COLUMNS, ResultsFile, config_hash, input_hash
+from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, config_hash, input_hash
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +71,6 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     if not root.is_absolute():
         root = REPO_ROOT / root
     return root / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
-
-
-def check_writable(folder: Path) -> None:
-    """One-line error if rows cannot be written under ``folder`` (checked before any model is loaded)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise HarnessError(f"results directory {folder} is not writable ({error.strerror}); "
-                           f"set results_dir= to a writable folder") from None
 
 
 def _git_rev() -> str:
@@ -154,11 +142,10 @@ def run_job(cfg: DictConfig) -> JobSummary:
         bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="sample", dynamic_ncols=True)
         for length, index in bar:
             bar.set_postfix(length=length)
-            with results.claim(length, index) as mine:
-                if mine:
-                    summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
-                else:  # another process computes it, or wrote it since this job started
-                    summary.counts["busy" if (length, index) not in results.done() else "skipped"] += 1
+            with results.claim(length, index) as state:
+                if state == "mine":
+                    state = _run_sample(cfg, task, model, results, provenance, length, index)
+                summary.counts[state] += 1  # or: another process computes it / wrote it since this job started
     return summary
 
 

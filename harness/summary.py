@@ -7,9 +7,9 @@ from harness.results import ResultsFile
 
 def print_job_summary(summary) -> None:
     counts = summary.counts
+    busy = f"; left to another running job: {counts['busy']}" if counts.get("busy") else ""
     print(f"rows: {summary.path}  (new: {counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; "
-          f"already there: {counts['skipped']}" + (f"; left to another running job: {counts['busy']}" if counts.get("busy") else "")
-          + ")")
+          f"already there: {counts['skipped']}{busy})")
     frame = ResultsFile(summary.path, []).read()
     if len(frame):
         table = frame.groupby("length").agg(

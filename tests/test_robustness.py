@@ -63,8 +63,8 @@ def test_a_sample_claimed_by_another_live_process_is_left_to_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from harness.results import ResultsFile
-        with ResultsFile(sys.argv[1], []) as results, results.claim(400, 1) as mine:
-            print(mine, flush=True)
+        with ResultsFile(sys.argv[1], []) as results, results.claim(400, 1) as state:
+            print(state == "mine", flush=True)
             time.sleep(120)
     """), str(first.path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
