@@ -24,8 +24,9 @@ ARCHITECTURES = {
 }
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
-    """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode."""
+def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
+    """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode.
+    ``attn_implementation``: transformers' default (sdpa) unless given (eager)."""
     kwargs = dict(ARCHITECTURES[arch])
     model_type = kwargs.pop("model_type")
     params = dict(
@@ -37,7 +38,8 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides) -> torch.nn.Modu
     params.update(overrides)
     config = AutoConfig.for_model(model_type, **params)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **extra)
     return model.eval()
 
 

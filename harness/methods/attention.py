@@ -1,19 +1,36 @@
-"""Attention kernels shared by the weave methods, with bounded memory and no repeated K/V.
+"""Attention kernels shared by the weave methods: fused where the device has a kernel, exact
+everywhere, with bounded memory and no repeated K/V.
 
 Shapes: query (B, H, Lq, D); key/value (B, KVH, Lk, D) with H = G * KVH (grouped-query attention:
-query head h reads kv head h // G, as in transformers' ``repeat_kv``). Instead of repeating K/V G
-times, the G query heads of a kv head are folded into the query-length axis.
+query head h reads kv head h // G, as in transformers' ``repeat_kv``). K/V are never repeated: the
+fused kernels see them through a stride-0 view over the G query heads of each kv head, and the
+explicit kernels fold the G query heads into the query-length axis.
+
+The weave methods split one attention into parts that follow different position rules (ReRoPE's
+near band and far part; Mesa's last chunk over earlier keys and over itself). Each part returns its
+output and the log-sum-exp (LSE) of its scores, and :func:`merge_by_lse` combines them exactly:
+softmax over the union of the parts' keys, with no score or mask tensor of size Lq x Lk.
+
+Two kernel families, chosen per model by ``model.attn_implementation`` (see harness.methods.base):
+  * ``fused`` (sdpa): the device's flash / memory-efficient attention ops, which return the LSE;
+  * ``explicit`` (eager): matmul + softmax in query blocks of at most ``block_bytes`` of scores,
+    the simple path, also taken where no fused kernel exists for the device or dtype.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+
 # Bytes of attention scores one query block may hold; bounds the memory of the explicit kernels.
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+KERNELS = ("fused", "explicit")
+_warned: set[str] = set()
 
 
 def _fold_groups(query: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -27,76 +44,195 @@ def _unfold_groups(out: torch.Tensor, heads: int) -> torch.Tensor:
     return out.reshape(b, heads, -1, d)
 
 
-def causal_mask(query_index: torch.Tensor, key_count: int) -> torch.Tensor:
-    """Boolean (Lq, key_count) mask, True where key j <= the query's own index (may attend)."""
-    keys = torch.arange(key_count, device=query_index.device)
-    return keys[None, :] <= query_index[:, None]
-
-
-def grouped_sdpa(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    scaling: float,
-    mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-) -> torch.Tensor:
-    """Scaled dot-product attention with GQA folding. ``mask`` (Lq, Lk) bool, True = attend.
-
-    ``is_causal`` means top-left aligned causal attention with Lq == Lk (a fresh prefill).
-    Returns (B, H, Lq, D).
-    """
-    heads, kv_heads, lq = query.shape[1], key.shape[1], query.shape[2]
-    groups = heads // kv_heads
-    q = _fold_groups(query, kv_heads)
-    if is_causal and groups > 1:
-        mask, is_causal = causal_mask(torch.arange(lq, device=query.device), key.shape[2]), False
-    if mask is not None and groups > 1:
-        mask = mask.repeat(groups, 1)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, is_causal=is_causal, scale=scaling)
-    return _unfold_groups(out, heads)
-
-
-def blocked_causal_sdpa(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    query_index: torch.Tensor,
-    scaling: float,
-    block_bytes: int = DEFAULT_BLOCK_BYTES,
-) -> torch.Tensor:
-    """Causal attention for queries at absolute indices ``query_index`` (Lq,) over keys 0..Lk-1.
-
-    Queries are processed in blocks so the boolean mask (and any score matrix the backend builds)
-    stays within ``block_bytes``. Returns (B, H, Lq, D).
-    """
-    lq, lk = query.shape[2], key.shape[2]
-    if lq == 1:
-        hi = int(query_index[0]) + 1
-        return grouped_sdpa(query, key[:, :, :hi], value[:, :, :hi], scaling)
-    block = _block_rows(block_bytes, lk, query.shape[1], query.element_size())
-    out = []
-    for start in range(0, lq, block):
-        idx = query_index[start : start + block]
-        hi = int(idx[-1]) + 1
-        out.append(
-            grouped_sdpa(query[:, :, start : start + block], key[:, :, :hi], value[:, :, :hi], scaling,
-                         mask=causal_mask(idx, hi))
-        )
-    return torch.cat(out, dim=2)
-
-
 def _block_rows(block_bytes: int, key_count: int, heads: int, element_size: int, copies: int = 1) -> int:
     return max(16, block_bytes // max(1, key_count * heads * element_size * copies))
 
 
+def _score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores and softmax in float32 at least (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# ---- whole-attention helpers (no LSE) --------------------------------------------------------
+def grouped_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                 is_causal: bool = False) -> torch.Tensor:
+    """Torch's fused SDPA with GQA; ``is_causal`` is top-left aligned (query i sees keys <= i).
+    Returns (B, H, Lq, D)."""
+    return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling,
+                                          enable_gqa=query.shape[1] != key.shape[1])
+
+
+def causal_attention(query, key, value, scaling: float, kernels: str = "fused",
+                     block_bytes: int = DEFAULT_BLOCK_BYTES) -> torch.Tensor:
+    """Top-left causal attention (query i sees keys 0..i), (B, H, L, D)."""
+    if kernels == "fused":
+        return grouped_sdpa(query, key, value, scaling, is_causal=True)
+    return _explicit_lse(query, key, value, scaling, True, block_bytes)[0]
+
+
+# ---- attention with log-sum-exp ---------------------------------------------------------------
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, causal: bool = False,
+    kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of every query over every key (``causal``: top-left, query i sees keys 0..i, which
+    needs Lq == Lk). Returns the output (B, H, Lq, D) in the query's dtype and the LSE of each
+    query's scaled scores (B, H, Lq) in float32 (float64 for float64 inputs)."""
+    if causal and query.shape[2] != key.shape[2]:
+        raise ValueError("causal attention_with_lse needs as many queries as keys")
+    if kernels == "fused":
+        fused = _fused_lse(query, key, value, scaling, causal)
+        if fused is not None:
+            return fused
+    return _explicit_lse(query, key, value, scaling, causal, block_bytes)
+
+
+def _fused_lse(query, key, value, scaling, causal):
+    """The device's fused kernel that returns the LSE, or None where there is none."""
+    b, heads, lq, dim = query.shape
+    kv_heads, lk = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    # (B * KVH, G, L, D) queries against a stride-0 view of each kv head over its G query heads.
+    q = query.reshape(b * kv_heads, groups, lq, dim)
+    k = key.reshape(b * kv_heads, 1, lk, dim).expand(-1, groups, -1, -1)
+    v = value.reshape(b * kv_heads, 1, lk, dim).expand(-1, groups, -1, -1)
+    device = query.device.type
+    try:
+        if device == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scaling)
+        elif device == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and dim <= 256 and dim % 8 == 0:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scaling)[:2]
+        elif device == "cuda":
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True, 0.0, causal, scale=scaling)[:2]
+            lse = lse[..., :lq]  # padded to a multiple of 32 queries
+        else:
+            return None
+    except (RuntimeError, NotImplementedError) as error:  # e.g. a head size or dtype the kernel lacks
+        if device not in _warned:
+            _warned.add(device)
+            log.warning("no fused attention kernel for %s/%s (%s); using explicit kernels",
+                        device, query.dtype, str(error).splitlines()[0][:200])
+        return None
+    return out.reshape(b, heads, lq, dim), lse.reshape(b, heads, lq).to(_score_dtype(query.dtype))
+
+
+def _explicit_lse(query, key, value, scaling, causal, block_bytes):
+    """Matmul + softmax in query blocks of bounded score memory; exact in float32 (or float64)."""
+    b, heads, lq, dim = query.shape
+    kv_heads, lk = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    score_dtype = _score_dtype(query.dtype)
+    out = query.new_empty((b, heads, lq, dim))
+    lse = query.new_empty((b, heads, lq), dtype=score_dtype)
+    rows = min(lq, _block_rows(block_bytes, lk, heads, 4))
+    for start in range(0, lq, rows):
+        stop = min(start + rows, lq)
+        hi = stop if causal else lk
+        s = torch.matmul(_fold_groups(query[:, :, start:stop], kv_heads), key[:, :, :hi].transpose(-1, -2))
+        s = (s.to(score_dtype) * scaling).unflatten(2, (groups, stop - start))  # (B, KVH, G, n, hi)
+        if causal:
+            index = torch.arange(hi, device=query.device)
+            s.masked_fill_(index[None, :] > index[start:stop, None], float("-inf"))
+        block_lse = torch.logsumexp(s, dim=-1)
+        p = (s - block_lse[..., None]).exp_().to(value.dtype).flatten(2, 3)
+        out[:, :, start:stop] = _unfold_groups(torch.matmul(p, value[:, :, :hi]), heads)
+        lse[:, :, start:stop] = block_lse.reshape(b, heads, stop - start)
+    return out, lse
+
+
+def band_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, band: int,
+    kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention limited to the band 0 <= i - j < ``band`` (Lq == Lk, query i at index i).
+
+    The work and memory are O(L * band), never O(L^2). Fused: the sequence is cut into blocks of
+    ``band`` tokens; query i of a block sees (a) keys 0..i of its own block (plain causal, all
+    blocks as one batch) and (b) keys m > i of the block before, which, with both blocks reversed,
+    is plain causal again; (a) and (b) are merged by their LSE. Explicit: blocks of query rows
+    against the band of keys they can see. Returns (out, LSE) as :func:`attention_with_lse`.
+    """
+    length = query.shape[2]
+    if length <= band:  # every causal pair is inside the band
+        return attention_with_lse(query, key, value, scaling, causal=True, kernels=kernels, block_bytes=block_bytes)
+    if kernels == "fused" and _fused_lse(query[:, :, :1], key[:, :, :1], value[:, :, :1], scaling, False) is not None:
+        return _fused_band(query, key, value, scaling, band)
+    return _explicit_band(query, key, value, scaling, band, block_bytes)
+
+
+def _fused_band(query, key, value, scaling, band):
+    b, heads, length, dim = query.shape
+    w, blocks = band, -(-length // band)
+    pad = blocks * w - length  # zero keys after every real query are never visible to it
+
+    def by_block(x: torch.Tensor) -> torch.Tensor:  # (B, h, L, D) -> (B, nb, h, w, D), a view
+        x = F.pad(x, (0, 0, 0, pad)) if pad else x
+        return x.view(b, x.shape[1], blocks, w, dim).transpose(1, 2)
+
+    qb, kb, vb = by_block(query), by_block(key), by_block(value)
+
+    def run(q, k, v):  # batch every block: (B, n, h, l, D) -> out (B, n, H, l, D), lse (B, n, H, l)
+        n, l_ = q.shape[1], q.shape[3]
+        out, lse = attention_with_lse(q.reshape(b * n, heads, l_, dim), k.reshape(b * n, k.shape[2], l_, dim),
+                                      v.reshape(b * n, v.shape[2], l_, dim), scaling, causal=True)
+        return out.view(b, n, heads, l_, dim), lse.view(b, n, heads, l_)
+
+    out, lse = run(qb, kb, vb)
+    if w > 1:  # queries 0..w-2 of blocks 1.. against keys 1..w-1 of the block before (key m visible iff m > i)
+        prev_out, prev_lse = run(qb[:, 1:, :, : w - 1].flip(3), kb[:, :-1, :, 1:].flip(3), vb[:, :-1, :, 1:].flip(3))
+        merged = merge_by_lse((out[:, 1:, :, : w - 1], lse[:, 1:, :, : w - 1]), (prev_out.flip(3), prev_lse.flip(3)))
+        out[:, 1:, :, : w - 1], lse[:, 1:, :, : w - 1] = merged
+    out = out.transpose(1, 2).reshape(b, heads, blocks * w, dim)[:, :, :length]
+    return out, lse.transpose(1, 2).reshape(b, heads, blocks * w)[:, :, :length]
+
+
+def _explicit_band(query, key, value, scaling, band, block_bytes):
+    b, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    score_dtype = _score_dtype(query.dtype)
+    out = query.new_empty((b, heads, length, dim))
+    lse = query.new_empty((b, heads, length), dtype=score_dtype)
+    # rows <= band, so a block's keys (rows + band - 1) stay under 2 * band
+    rows = min(length, band, _block_rows(block_bytes, 2 * band, heads, 4))
+    index = torch.arange(length, device=query.device)
+    for start in range(0, length, rows):
+        stop = min(start + rows, length)
+        lo = max(0, start - band + 1)
+        s = torch.matmul(_fold_groups(query[:, :, start:stop], kv_heads), key[:, :, lo:stop].transpose(-1, -2))
+        s = (s.to(score_dtype) * scaling).unflatten(2, (groups, stop - start))
+        distance = index[start:stop, None] - index[None, lo:stop]
+        s.masked_fill_((distance < 0) | (distance >= band), float("-inf"))
+        block_lse = torch.logsumexp(s, dim=-1)
+        p = (s - block_lse[..., None]).exp_().to(value.dtype).flatten(2, 3)
+        out[:, :, start:stop] = _unfold_groups(torch.matmul(p, value[:, :, lo:stop]), heads)
+        lse[:, :, start:stop] = block_lse.reshape(b, heads, stop - start)
+    return out, lse
+
+
+def merge_by_lse(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine two attentions of the same queries over disjoint key sets into the attention over
+    their union: out = (e^lse1 out1 + e^lse2 out2) / (e^lse1 + e^lse2), lse = log(e^lse1 + e^lse2).
+    Shapes as attention_with_lse; the output keeps the first part's dtype."""
+    (out1, lse1), (out2, lse2) = first, second
+    total = torch.logaddexp(lse1, lse2)
+    w1, w2 = (lse1 - total).exp_()[..., None], (lse2 - total).exp_()[..., None]
+    merged = out1.to(w1.dtype) * w1
+    merged.addcmul_(out2.to(w1.dtype), w2)
+    return merged.to(out1.dtype), total
+
+
+# ---- explicit two-rule attention (decoding, and variants without a fused form) ----------------
 def banded_two_rule_attention(
     near_query: torch.Tensor,
     near_key: torch.Tensor,
     far_queries: Sequence[torch.Tensor],
     far_keys: Sequence[torch.Tensor],
     value: torch.Tensor,
-    query_index: torch.Tensor,
+    query_start: int,
     band: int,
     scaling: float,
     far_select: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -104,59 +240,43 @@ def banded_two_rule_attention(
 ) -> torch.Tensor:
     """Attention whose scores follow one RoPE rule near the diagonal and another far from it.
 
-    A query at index t and a key at index j with distance d = t - j use
+    Query i sits at index t = query_start + i; a key at index j with distance d = t - j uses
       * the NEAR rule if d < band: score = <near_query[t], near_key[j]>;
       * a FAR rule otherwise: score = <far_queries[r][t], far_keys[r][j]>, where r is 0 when there
         is one far rule, else ``far_select(query_indices, key_indices)`` (a bool (n, m) tensor picking
         rule 1 where True).
     Queries/keys are already rotated to each rule's positions. Only the band of keys within
-    ``band`` of a query block gets near scores, so the cost is about one attention plus a band,
-    and one block's scores stay within ``block_bytes`` (ReRoPE's reference builds two full L x L
-    matrices instead). Causal. Returns (B, H, Lq, D).
+    ``band`` of a query block gets near scores, and one block's scores stay within ``block_bytes``.
+    Causal. Used for decoding steps (one query: cheap) and for Mesa's paper variant; prefills of
+    ReRoPE go through the fused near/far split instead. Returns (B, H, Lq, D).
     """
     b, heads, lq, dim = near_query.shape
     kv_heads, lk = near_key.shape[1], near_key.shape[2]
     groups = heads // kv_heads
     device = near_query.device
     key_index = torch.arange(lk, device=device)
+    query_index = torch.arange(query_start, query_start + lq, device=device)
+    score_dtype = _score_dtype(near_query.dtype)
     block = min(lq, _block_rows(block_bytes, lk, heads, 4, copies=1 + len(far_queries)))
-    # Score buffers are allocated once at their largest size and reused through views, so the
-    # allocator does not fragment over hundreds of slightly growing blocks.
-    # (Under autograd, out= is not allowed; plain allocations are used then.)
-    reuse = not (torch.is_grad_enabled() and near_query.requires_grad)
-    buffers = [torch.empty(b * kv_heads * groups * block * lk, dtype=near_query.dtype, device=device)
-               if reuse else None for _ in far_queries]
     out = torch.empty((b, kv_heads, groups, lq, dim), dtype=value.dtype, device=device)
     for start in range(0, lq, block):
         stop = min(start + block, lq)
         idx = query_index[start:stop]
-        n, hi = stop - start, int(idx[-1]) + 1
-        band_lo = max(0, int(idx[0]) - band + 1)
+        n, hi = stop - start, query_start + stop
+        band_lo = max(0, query_start + start - band + 1)
 
-        def scores(q: torch.Tensor, k: torch.Tensor, lo: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        def scores(q: torch.Tensor, k: torch.Tensor, lo: int) -> torch.Tensor:
             """(B, KVH, G, n, hi - lo) scores of this block's queries against keys lo..hi-1."""
-            qb = _fold_groups(q[:, :, start:stop], kv_heads)  # (B, KVH, G*n, D)
-            target = None if buffer is None else buffer[: b * kv_heads * groups * n * (hi - lo)].view(
-                b, kv_heads, groups * n, hi - lo)
-            s = torch.matmul(qb, k[:, :, lo:hi].transpose(-1, -2), out=target)
-            return s.mul_(scaling).unflatten(2, (groups, n))
+            s = torch.matmul(_fold_groups(q[:, :, start:stop], kv_heads), k[:, :, lo:hi].transpose(-1, -2))
+            return (s.to(score_dtype) * scaling).unflatten(2, (groups, n))
 
-        s = scores(far_queries[0], far_keys[0], 0, buffers[0])
+        s = scores(far_queries[0], far_keys[0], 0)
         if len(far_queries) > 1:
-            pick = far_select(idx, key_index[:hi])
-            s = torch.where(pick, scores(far_queries[1], far_keys[1], 0, buffers[1]), s)
+            s = torch.where(far_select(idx, key_index[:hi]), scores(far_queries[1], far_keys[1], 0), s)
         near = scores(near_query, near_key, band_lo)
         distance = idx[:, None] - key_index[None, band_lo:hi]
         s[..., band_lo:hi] = torch.where(distance < band, near, s[..., band_lo:hi])
         s.masked_fill_(key_index[None, :hi] > idx[:, None], float("-inf"))
-        # softmax in float32 (float64 stays), in place when allowed (every row sees its own key: no row is all -inf)
-        if s.dtype not in (torch.float32, torch.float64):
-            s = s.float()
-        if reuse:
-            p = s
-            p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
-            p.div_(p.sum(dim=-1, keepdim=True))
-        else:
-            p = torch.softmax(s, dim=-1)
-        out[:, :, :, start:stop] = torch.matmul(p.to(value.dtype).flatten(2, 3), value[:, :, :hi]).unflatten(2, (groups, n))
+        p = torch.softmax(s, dim=-1).to(value.dtype).flatten(2, 3)
+        out[:, :, :, start:stop] = torch.matmul(p, value[:, :, :hi]).unflatten(2, (groups, n))
     return out.view(b, heads, lq, dim)

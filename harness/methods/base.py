@@ -36,6 +36,8 @@ ATTENTION_NAME = "harness_weave"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
+# The model's attention implementation (as loaded) decides which kernels a weave method uses.
+KERNELS_OF_IMPLEMENTATION = {"sdpa": "fused", "eager": "explicit"}
 # Room for this many more keys is allocated whenever a rotated-key buffer grows.
 _KEY_BUFFER_STEP = 256
 
@@ -74,6 +76,9 @@ class WeaveMethod:
         self.inv_freq: torch.Tensor | None = None
         self.attention_scaling = 1.0
         self.state: dict[str, Any] = {}
+        # "fused" (the device's flash/efficient kernels) or "explicit" (matmul + softmax); set by
+        # attach_weave from the model's attn_implementation (sdpa -> fused, eager -> explicit).
+        self.kernels = "fused"
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self, rotary: nn.Module) -> None:
@@ -90,15 +95,17 @@ class WeaveMethod:
         return apply_rope(x, positions, self.inv_freq, self.attention_scaling)
 
     def rotated_keys(
-        self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor, keep: bool = True
+        self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor, keep: bool, layout: object
     ) -> torch.Tensor:
         """``keys`` (B, KVH, Lk, D) rotated to ``positions`` (Lk,), reusing the previous step's work.
 
-        During decoding the cache only grows and, for every method here, the positions of the
-        earlier keys usually stay the same (Mesa re-weaves only when its stair shifts), so the
-        rotated prefix is kept and only new keys are rotated. ``keep=False`` (a prefill) does not
-        store the result: a prefill-only workload then never holds a second copy of the keys, and
-        decoding pays one full rotation at its first step.
+        ``layout`` names the rule that produced ``positions`` such that two lengths with the same
+        layout give the same positions to the keys they share (``"true"`` for ordinary positions,
+        Mesa's ``("stair", S)`` while its stair top S stands still). During decoding the cache only
+        grows, so while the layout stays the same the rotated prefix is kept and only new keys are
+        rotated; comparing layouts, not position tensors, never waits for the GPU. ``keep=False``
+        (a prefill) does not store the result: a prefill-only workload then never holds a second
+        copy of the keys, and decoding pays one full rotation at its first step.
         """
         if not (keep and self.state.get("persist", False)):
             return self.rope(keys, positions)
@@ -106,19 +113,18 @@ class WeaveMethod:
         length = positions.shape[0]
         entry = store.get((layer_idx, tag))
         if entry is not None:
-            old_positions, buffer = entry
-            n = old_positions.shape[0]
-            if n <= length and buffer.shape[:2] == keys.shape[:2] and torch.equal(old_positions, positions[:n]):
+            old_layout, n, buffer = entry
+            if old_layout == layout and n <= length and buffer.shape[:2] == keys.shape[:2]:
                 if length > buffer.shape[2]:  # grow in steps, so decoding does not copy the cache each token
                     grown = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
                     grown[:, :, :n] = buffer[:, :, :n]
                     buffer = grown
                 buffer[:, :, n:length] = self.rope(keys[:, :, n:], positions[n:])
-                store[(layer_idx, tag)] = (positions, buffer)
+                store[(layer_idx, tag)] = (layout, length, buffer)
                 return buffer[:, :, :length]
         buffer = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
         buffer[:, :, :length] = self.rope(keys, positions)
-        store[(layer_idx, tag)] = (positions, buffer)
+        store[(layer_idx, tag)] = (layout, length, buffer)
         return buffer[:, :, :length]
 
     def attend(
@@ -229,6 +235,12 @@ def attach_weave(model: nn.Module, method: WeaveMethod) -> None:
     decoder = decoder_of(model)
     method.bind(decoder.rotary_emb)
     original_implementation = model.config._attn_implementation
+    method.kernels = KERNELS_OF_IMPLEMENTATION.get(original_implementation)
+    if method.kernels is None:
+        raise UnsupportedModelError(
+            f"method {method.name!r} supports attn_implementation {' or '.join(KERNELS_OF_IMPLEMENTATION)}, "
+            f"not {original_implementation!r}; set model.attn_implementation=sdpa"
+        )
     decoder.rotary_emb = IdentityRotary(decoder.rotary_emb)
     decoder.harness_method = method
     for layer in decoder.layers:

@@ -21,11 +21,13 @@ from harness.methods.base import check_supported, decoder_of
 from harness.methods.rope import rope_cos_sin
 
 
-def dynamic_ntk_inv_freq(base: float, rotary_dim: int, length: int, train_length: int, factor: float) -> torch.Tensor:
-    """Inverse frequencies (rotary_dim / 2,) for a sequence of ``length`` tokens."""
+def dynamic_ntk_inv_freq(base: float, rotary_dim: int, length: int, train_length: int, factor: float,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Inverse frequencies (rotary_dim / 2,) float32 on ``device`` for a sequence of ``length`` tokens."""
     if length > train_length:
         base = base * (factor * length / train_length - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
-    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float) / rotary_dim))
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).to(torch.float) / rotary_dim
+    return 1.0 / (base**exponents)
 
 
 class DynamicNTKRotary(nn.Module):
@@ -41,8 +43,9 @@ class DynamicNTKRotary(nn.Module):
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         length = int(position_ids.max()) + 1
-        inv_freq = dynamic_ntk_inv_freq(self.base, self.rotary_dim, length, self.train_length, self.factor)
-        cos, sin = rope_cos_sin(position_ids.reshape(-1), inv_freq.to(x.device), 1.0, x.dtype)
+        inv_freq = dynamic_ntk_inv_freq(self.base, self.rotary_dim, length, self.train_length, self.factor,
+                                        device=position_ids.device)
+        cos, sin = rope_cos_sin(position_ids.reshape(-1), inv_freq, 1.0, x.dtype)
         return cos.view(*position_ids.shape, -1), sin.view(*position_ids.shape, -1)
 
 

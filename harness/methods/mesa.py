@@ -31,9 +31,11 @@ import torch
 from harness.errors import HarnessError
 from harness.methods.attention import (
     DEFAULT_BLOCK_BYTES,
+    attention_with_lse,
     banded_two_rule_attention,
-    blocked_causal_sdpa,
+    causal_attention,
     grouped_sdpa,
+    merge_by_lse,
 )
 from harness.methods.base import WeaveMethod
 from harness.methods.rope import logn_scale
@@ -100,14 +102,21 @@ def mesa_chunk_plan(
     return ChunkPlan(input_length, first_chunk, tuple(middle), start, width)
 
 
-def stair_positions(kv_length: int, chunk_width: int, stair_width: int, train_length: int) -> torch.Tensor:
-    """Woven positions (kv_length,) of the released code's Stair PE; ordinary positions up to T."""
-    index = torch.arange(kv_length)
+def stair_top(kv_length: int, chunk_width: int, train_length: int) -> int | None:
+    """S, the index from which keys keep their true positions (None: no stair, kv_length <= T)."""
     if kv_length <= train_length:
+        return None
+    return kv_length - (kv_length - 1) % chunk_width  # the last P = (kv_length - 1) mod C keys stay true
+
+
+def stair_positions(kv_length: int, chunk_width: int, stair_width: int, train_length: int,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Woven positions (kv_length,) of the released code's Stair PE; ordinary positions up to T."""
+    index = torch.arange(kv_length, device=device)
+    top = stair_top(kv_length, chunk_width, train_length)
+    if top is None:
         return index
-    keep = (kv_length - 1) % chunk_width  # P: the last P keys keep their true positions
-    stair_top = kv_length - keep  # S
-    return torch.where(index >= stair_top, index, stair_top - 1 - torch.div(stair_top - 1 - index, stair_width, rounding_mode="floor"))
+    return torch.where(index >= top, index, top - 1 - torch.div(top - 1 - index, stair_width, rounding_mode="floor"))
 
 
 class Mesa(WeaveMethod):
@@ -159,11 +168,11 @@ class Mesa(WeaveMethod):
         lq, lk = query.shape[2], key.shape[2]
         plan: ChunkPlan = self.state["plan"]
         if lq < lk or plan.last_start == 0:  # decoding / continuing, or an unchunked prefill
-            return self._attend_all(layer_idx, query, key, value, scaling, torch.arange(lk - lq, lk), decoding=lq < lk)
+            return self._attend_all(layer_idx, query, key, value, scaling, lk - lq, decoding=lq < lk)
         out = torch.empty_like(query)
         self._attend_first_and_middle(query, key, value, scaling, plan, out)
         s = plan.last_start
-        out[:, :, s:] = self._attend_all(layer_idx, query[:, :, s:], key, value, scaling, torch.arange(s, lk))
+        out[:, :, s:] = self._attend_all(layer_idx, query[:, :, s:], key, value, scaling, s)
         return out
 
     def _attend_first_and_middle(self, query, key, value, scaling, plan: ChunkPlan, out) -> None:
@@ -175,15 +184,15 @@ class Mesa(WeaveMethod):
         chunk's output, and rows ..F of any of them are the first chunk's.
         """
         f = plan.first_end
-        first = torch.arange(f)
+        first = torch.arange(f, device=query.device)
         q_first, k_first = self.rope(query[:, :, :f], first), self.rope(key[:, :, :f], first)
         if not plan.middle:
-            out[:, :, :f] = grouped_sdpa(q_first, k_first, value[:, :, :f], scaling, is_causal=True)
+            out[:, :, :f] = causal_attention(q_first, k_first, value[:, :, :f], scaling, self.kernels, self.block_bytes)
             return
         b, heads, _, dim = query.shape
         n, width = len(plan.middle), plan.chunk_width
         end = f + n * width  # == plan.middle[-1][1]
-        local = torch.arange(f, f + width)  # each chunk as if right after the first chunk
+        local = torch.arange(f, f + width, device=query.device)  # each chunk as if right after the first chunk
 
         def stacked(x: torch.Tensor, x_first: torch.Tensor, rotate: bool) -> torch.Tensor:
             """(B, h, L, D) -> (B * n, h, F + C, D): [first chunk; chunk i] for every middle chunk i."""
@@ -193,50 +202,72 @@ class Mesa(WeaveMethod):
             seq[:, :, :, f:] = (self.rope(chunks, local) if rotate else chunks).transpose(1, 2)
             return seq.view(b * n, x.shape[1], f + width, dim)
 
-        result = torch.nn.functional.scaled_dot_product_attention(
+        result = causal_attention(
             stacked(query, q_first, True), stacked(key, k_first, True), stacked(value, value[:, :, :f], False),
-            is_causal=True, scale=scaling, enable_gqa=heads != key.shape[1],
+            scaling, self.kernels, self.block_bytes,
         ).view(b, n, heads, f + width, dim)
         out[:, :, :f] = result[:, 0, :, :f]
         out[:, :, f:end] = result[:, :, :, f:].transpose(1, 2).reshape(b, heads, n * width, dim)
 
-    def _attend_all(self, layer_idx, query, key, value, scaling, query_index, decoding=False):
-        """Queries at true indices ``query_index`` over all keys 0..Lk-1 with Stair PE (last chunk, decoding)."""
-        lk = key.shape[2]
+    def _attend_all(self, layer_idx, query, key, value, scaling, query_start: int, decoding=False):
+        """The Lq queries at true indices query_start.. over all keys 0..Lk-1 with Stair PE (last
+        chunk, decoding); causal: query t sees keys 0..t."""
+        lq, lk = query.shape[2], key.shape[2]
         if self.logn:
-            query = query * logn_scale(query_index + 1, self.train_length).to(query.dtype)
+            positions = torch.arange(query_start + 1, query_start + lq + 1, device=query.device)
+            query = query * logn_scale(positions, self.train_length).to(query.dtype)
         if self.variant == "paper" and lk > self.train_length:
-            return self._paper_stair(layer_idx, query, key, value, scaling, query_index, decoding)
-        positions = self._stair_positions(lk)
-        woven_key = self.rotated_keys(layer_idx, "stair", key, positions, keep=decoding)
-        woven_query = self.rope(query, positions[query_index])
-        return blocked_causal_sdpa(woven_query, woven_key, value, query_index, scaling, self.block_bytes)
+            return self._paper_stair(layer_idx, query, key, value, scaling, query_start, decoding)
+        positions, layout = self._stair_positions(lk, query.device)
+        woven_key = self.rotated_keys(layer_idx, "stair", key, positions, keep=decoding, layout=layout)
+        woven_query = self.rope(query, positions[query_start : query_start + lq])
+        return self._tail_attention(woven_query, woven_key, value, scaling)
 
-    def _stair_positions(self, kv_length: int) -> torch.Tensor:
+    def _tail_attention(self, query, key, value, scaling):
+        """Queries that are the last Lq of the Lk keys (lower-right causal): the earlier keys (all
+        visible) and the queries' own keys (top-left causal) as two fused attentions, merged."""
+        lq, lk = query.shape[2], key.shape[2]
+        if lq == 1 and self.kernels == "fused":  # one decoding step sees every key: no mask at all
+            return grouped_sdpa(query, key, value, scaling)
+        start = lk - lq
+        own = attention_with_lse(query, key[:, :, start:], value[:, :, start:], scaling, causal=True,
+                                 kernels=self.kernels, block_bytes=self.block_bytes)
+        if start == 0:
+            return own[0]
+        earlier = attention_with_lse(query, key[:, :, :start], value[:, :, :start], scaling,
+                                     kernels=self.kernels, block_bytes=self.block_bytes)
+        return merge_by_lse(own, earlier)[0]
+
+    def _stair_positions(self, kv_length: int, device: torch.device) -> tuple[torch.Tensor, object]:
+        """Stair positions for ``kv_length`` keys (computed once per forward, not per layer) and their layout."""
         cached = self.state.get("stair")
         if cached is None or cached[0] != kv_length:
             width = self.state["plan"].chunk_width
-            cached = (kv_length, stair_positions(kv_length, width, self.stair_width, self.train_length))
+            positions = stair_positions(kv_length, width, self.stair_width, self.train_length, device=device)
+            top = stair_top(kv_length, width, self.train_length)
+            cached = (kv_length, positions, "true" if top is None else ("stair", top))
             self.state["stair"] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
-    def _paper_stair(self, layer_idx, query, key, value, scaling, query_index, decoding):
+    def _paper_stair(self, layer_idx, query, key, value, scaling, query_start: int, decoding):
         """Eq. 3 with constant N and ceil: exact per pair, via the residues of t - N and j modulo E.
 
         With t - N = aE + alpha and j = bE + beta: ceil((d - N) / E) = a - b + [alpha > beta],
         so far pairs use the query at N + a (+1 where alpha > beta) and the key at b.
         """
         n, e = self.stair_position, self.stair_width
-        key_index = torch.arange(key.shape[2])
-        shifted = query_index - n
-        group = torch.div(shifted, e, rounding_mode="floor")
-        far_key = self.rotated_keys(layer_idx, "paper-far", key, torch.div(key_index, e, rounding_mode="floor"), decoding)
+        device = query.device
+        query_index = torch.arange(query_start, query_start + query.shape[2], device=device)
+        key_index = torch.arange(key.shape[2], device=device)
+        group = torch.div(query_index - n, e, rounding_mode="floor")
+        far_key = self.rotated_keys(layer_idx, "paper-far", key, torch.div(key_index, e, rounding_mode="floor"),
+                                    decoding, layout="grouped")
 
         def above(q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
             return (k_idx % e)[None, :] < ((q_idx - n) % e)[:, None]
 
         return banded_two_rule_attention(
-            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index, decoding),
+            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index, decoding, layout="true"),
             [self.rope(query, n + group), self.rope(query, n + group + 1)], [far_key, far_key],
-            value, query_index, band=n + 1, scaling=scaling, far_select=above, block_bytes=self.block_bytes,
+            value, query_start, band=n + 1, scaling=scaling, far_select=above, block_bytes=self.block_bytes,
         )

@@ -8,8 +8,10 @@ exactly at the training length T; the reference code uses a fixed k = 16.
 
 Far pairs are computed by rotating the query to w + (t - w) / k and the key to j / k (for ReRoPE
 1/k = 0: the query at w, the key un-rotated), which gives exactly W(d) for every far pair; near
-pairs use ordinary RoPE. The reference materialises both full L x L score matrices; here only a
-band of near scores is added to one blocked attention (see ``banded_two_rule_attention``).
+pairs use ordinary RoPE. The reference materialises both full L x L score matrices. Here a prefill
+is two attentions merged exactly by their log-sum-exp: the near band (keys j with t - j < w, O(L w)
+work) and the far part, which is plain causal attention of queries w.. over keys ..L-w and runs on
+the device's fused kernel. Decoding steps use ``banded_two_rule_attention`` (one query row).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
-from harness.methods.attention import DEFAULT_BLOCK_BYTES, banded_two_rule_attention
+from harness.methods.attention import (
+    DEFAULT_BLOCK_BYTES,
+    attention_with_lse,
+    band_attention_with_lse,
+    banded_two_rule_attention,
+    merge_by_lse,
+)
 from harness.methods.base import WeaveMethod
 from harness.methods.rope import logn_scale
 
@@ -57,20 +65,49 @@ class ReRoPE(WeaveMethod):
 
     def attend(self, layer_idx, query, key, value, scaling):
         lq, lk = query.shape[2], key.shape[2]
+        if self.logn:
+            positions = torch.arange(lk - lq + 1, lk + 1, device=query.device)
+            query = query * logn_scale(positions, self.train_length).to(query.dtype)
+        if lq == lk and lq > 1:
+            return self._prefill(query, key, value, scaling)
+        return self._attend_cached(layer_idx, query, key, value, scaling)
+
+    def _prefill(self, query, key, value, scaling):
+        """Near band + far part, each (out, LSE), merged: no L x L tensor anywhere."""
+        length, w = key.shape[2], self.window
+        index = torch.arange(length, device=query.device)
+        near = band_attention_with_lse(self.rope(query, index), self.rope(key, index), value, scaling, band=w,
+                                       kernels=self.kernels, block_bytes=self.block_bytes)
+        if length <= w:  # every pair is near
+            return near[0]
+        inv_k = self.inverse_k(length)
+        # Far pairs: query t >= w over keys j <= t - w, i.e. row i = t - w of a top-left causal
+        # attention over keys 0..L-w-1, with the query at w + (t - w)/k and the key at j/k.
+        far_query = self.rope(query[:, :, w:], index[w:] * inv_k + w * (1 - inv_k))
+        far_key = key[:, :, : length - w]
+        if inv_k != 0:
+            far_key = self.rope(far_key, index[: length - w] * inv_k)
+        far = attention_with_lse(far_query, far_key, value[:, :, : length - w], scaling, causal=True,
+                                 kernels=self.kernels, block_bytes=self.block_bytes)
+        out = near[0]
+        out[:, :, w:] = merge_by_lse((near[0][:, :, w:], near[1][:, :, w:]), far)[0]
+        return out
+
+    def _attend_cached(self, layer_idx, query, key, value, scaling):
+        """Queries that are the last Lq of Lk cached keys (decoding), explicit two-rule scores."""
+        lq, lk = query.shape[2], key.shape[2]
         device = query.device
         query_index = torch.arange(lk - lq, lk, device=device)
         key_index = torch.arange(lk, device=device)
-        if self.logn:
-            query = query * logn_scale(query_index + 1, self.train_length).to(query.dtype)
         inv_k = self.inverse_k(lk)
         w = self.window
-
-        near_query = self.rope(query, query_index)
         keep = lq < lk  # decoding: keep rotated keys for the next step
-        near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep)
+        near_query = self.rope(query, query_index)
+        near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep, layout="true")
         far_query = self.rope(query, query_index * inv_k + w * (1 - inv_k))
-        far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k, keep)
+        far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k, keep,
+                                                           layout=("scaled", inv_k))
         return banded_two_rule_attention(
-            near_query, near_key, [far_query], [far_key], value, query_index, band=w, scaling=scaling,
+            near_query, near_key, [far_query], [far_key], value, lk - lq, band=w, scaling=scaling,
             block_bytes=self.block_bytes,
         )

@@ -89,10 +89,11 @@ def test_bad_parameters_are_refused():
         Mesa(2048, stair_width=0)
 
 
-def _bound_mesa(inv_freq, plan_length, **overrides):
+def _bound_mesa(inv_freq, plan_length, kernels="fused", **overrides):
     params = dict(TINY_MESA, **overrides)
     method = Mesa(T, **params)
     method.inv_freq = inv_freq
+    method.kernels = kernels
     method.begin_forward({"persist": True}, 0, plan_length)
     return method
 
@@ -119,10 +120,11 @@ def _reference_rows(I, t_values, kv, C, logn=True, plan_length=None):
     return rows
 
 
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
 @pytest.mark.parametrize("inv_freq", [FULL_ROTARY, PARTIAL_ROTARY], ids=["full", "partial"])
 @pytest.mark.parametrize("I", [126, 200, 300, 333])
-def test_prefill_matches_reference_chunk_rules(inv_freq, I):
-    method = _bound_mesa(inv_freq, I, block_bytes=1)  # tiny blocks: ragged query blocks everywhere
+def test_prefill_matches_reference_chunk_rules(kernels, inv_freq, I):
+    method = _bound_mesa(inv_freq, I, kernels, block_bytes=1)  # tiny blocks: ragged query blocks everywhere
     C = method.state["plan"].chunk_width
     assert C == reference_chunk_width(I, T, 8, 16, 4, 8, 8)
     q, k, v = qkv(I, I)
@@ -131,14 +133,18 @@ def test_prefill_matches_reference_chunk_rules(inv_freq, I):
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("lq", [1, 9], ids=["decode", "continue"])
 @pytest.mark.parametrize("kv", [150, 281, 300, 301, 333])
-def test_decode_step_matches_reference(kv):
+def test_decode_step_matches_reference(kernels, lq, kv):
+    """Queries after a prefill of I tokens: the last Lq of kv keys, Stair PE over all of them."""
     I = 140
-    method = _bound_mesa(FULL_ROTARY, I)
+    method = _bound_mesa(FULL_ROTARY, I, kernels)
     C = method.state["plan"].chunk_width
-    q, k, v = qkv(1, kv)
+    q, k, v = qkv(lq, kv)
     got = method.attend(0, q, k, v, 0.25)
-    expected = naive_positional_attention(q, k, v, 0.25, FULL_ROTARY, _reference_rows(I, [kv - 1], kv, C, plan_length=I))
+    rows = _reference_rows(I, range(kv - lq, kv), kv, C, plan_length=I)
+    expected = naive_positional_attention(q, k, v, 0.25, FULL_ROTARY, rows)
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
@@ -153,7 +159,7 @@ def test_paper_variant_matches_eq3(lq):
         d = (t - keys).double()
         return torch.where(d <= N, d, N + torch.ceil((d - N) / E))
 
-    got = method._attend_all(0, q, k, v, 0.25, torch.arange(kv - lq, kv))
+    got = method._attend_all(0, q, k, v, 0.25, kv - lq)
     expected = naive_attention(q, k, v, 0.25, FULL_ROTARY, torch.arange(kv - lq, kv), relative, logn_train_length=T)
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 

@@ -1,0 +1,91 @@
+"""The attention building blocks against plain softmax attention, and the memory they never use."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from harness.methods.attention import attention_with_lse, band_attention_with_lse, merge_by_lse
+from harness.methods.mesa import Mesa
+from harness.methods.rerope import ReRoPE
+from tests.methods.test_rerope import FULL_ROTARY, qkv
+
+
+def reference(q, k, v, scaling, visible):
+    """Softmax attention in float64 with an explicit (Lq, Lk) visibility mask; returns (out, lse)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(groups, 1), v.double().repeat_interleave(groups, 1)
+    s = (q.double() @ k.transpose(-1, -2) * scaling).masked_fill(~visible, float("-inf"))
+    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("causal,lq,lk", [(True, 70, 70), (False, 33, 90), (False, 1, 50)])
+def test_attention_with_lse(dtype, kernels, causal, lq, lk):
+    q, k, v = (x.to(dtype) for x in qkv(lq, lk))
+    out, lse = attention_with_lse(q, k, v, 0.25, causal=causal, kernels=kernels, block_bytes=1)
+    visible = torch.ones(lq, lk, dtype=torch.bool)
+    if causal:
+        visible = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None]
+    expected_out, expected_lse = reference(q, k, v, 0.25, visible)
+    torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("band", [1, 2, 7, 10, 16, 100])
+def test_band_attention(kernels, band):
+    q, k, v = qkv(70, 70)  # 70 = 7 blocks of 10: no padding; other bands pad the last block
+    out, lse = band_attention_with_lse(q, k, v, 0.25, band=band, kernels=kernels, block_bytes=1)
+    distance = torch.arange(70)[:, None] - torch.arange(70)[None, :]
+    expected_out, expected_lse = reference(q, k, v, 0.25, (distance >= 0) & (distance < band))
+    torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=1e-4)
+
+
+def test_merge_by_lse_equals_attention_over_the_union():
+    q, k, v = qkv(20, 60)
+    split = torch.zeros(20, 60, dtype=torch.bool)
+    split[:, ::3] = True  # two disjoint key sets, interleaved
+    first = reference(q, k, v, 0.25, split)
+    second = reference(q, k, v, 0.25, ~split)
+    whole, _ = reference(q, k, v, 0.25, torch.ones(20, 60, dtype=torch.bool))
+    torch.testing.assert_close(merge_by_lse(first, second)[0], whole)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for r in result if isinstance(result, (tuple, list)) else [result]:
+            if isinstance(r, torch.Tensor):
+                self.largest = max(self.largest, r.numel())
+        return result
+
+
+def _bound(method, kernels):
+    method.inv_freq, method.kernels = FULL_ROTARY, kernels
+    method.begin_forward({"persist": False}, 0, 2048)
+    return method
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("make", [lambda: ReRoPE(128, window=64, logn=True, block_bytes=2**20),
+                                  lambda: ReRoPE(128, window=64, leaky_k=4.0, block_bytes=2**20),
+                                  lambda: Mesa(128, first_chunk=8, last_chunk=16, stair_width=4, reserve_new_tokens=4,
+                                               first_chunk_cache=8, min_remainder=8, block_bytes=2**20)],
+                         ids=["rerope", "leaky-rerope", "mesa"])
+def test_prefill_builds_no_length_squared_tensor(make, kernels):
+    """At 2k tokens no op returns a tensor as large as one head's L x L scores (4M elements):
+    the near/far and chunk parts are fused kernels or blocks of bounded size."""
+    length = 2048
+    method = _bound(make(), kernels)
+    q, k, v = qkv(length, length, scale=1.0)
+    with LargestTensor() as spy:
+        method.attend(0, q, k, v, 0.25)
+    assert spy.largest < length * length / 4, spy.largest
