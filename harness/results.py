@@ -39,7 +39,7 @@ from harness.errors import HarnessError
 
 COMMON_COLUMNS = [
     "model", "method", "task", "metric", "length", "sample", "status", "score", "tokens", "input_hash",
-    "seconds", "message", "seed", "device", "dtype", "method_params", "config_hash", "git_rev", "versions",
+    "seconds", "message", "seed", "device", "dtype", "attn_implementation", "method_params", "config_hash", "git_rev", "versions",
     "timestamp",
 ]
 STATUSES = ("ok", "oom", "error")

@@ -64,6 +64,10 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
         model.pop(where, None)
+    model.pop("decode_sdpa_backends", None)  # which fused kernel runs a decoding step: speed only
+    if model.get("attn_implementation", "sdpa") == "sdpa":
+        # the default, and what every row before this key existed used: their files stay resumable
+        model.pop("attn_implementation", None)
     payload = dict(model=model, method=OmegaConf.to_container(cfg.method, resolve=True), task=task,
                    seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
     digest = config_hash(payload)
@@ -135,7 +139,8 @@ def run_job(cfg: DictConfig) -> JobSummary:
             raise HarnessError(f"task {cfg.task.name!r} cannot build length {length}: {error}") from None
 
     provenance = dict(model=loaded.name, method=method_name, task=cfg.task.name, metric=task.metric, seed=cfg.seed,
-                      device=str(cfg.device), dtype=cfg.dtype, method_params=json.dumps(params, sort_keys=True),
+                      device=str(cfg.device), dtype=cfg.dtype,
+                      attn_implementation=cfg.model.get("attn_implementation") or "sdpa", method_params=json.dumps(params, sort_keys=True),
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)

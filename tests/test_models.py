@@ -18,7 +18,7 @@ from harness.models import LoadedModel, load_model
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 REQUIRED_KEYS = ("name", "source", "hf_id", "local_path", "train_length", "prompt_template", "random_weights",
-                 "seed", "architecture")
+                 "seed", "architecture", "attn_implementation", "decode_sdpa_backends")
 
 # A shape small enough to build in well under a second, for the configs of 7B-class models.
 SHRUNK = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -188,6 +188,8 @@ def test_model_yaml_is_complete(path):
         assert cfg["hf_id"] and cfg["architecture"]
     if cfg["architecture"]:
         assert cfg["architecture"]["max_position_embeddings"] >= cfg["train_length"]
+    assert cfg["attn_implementation"] in models.ATTN_IMPLEMENTATIONS
+    assert set(cfg["decode_sdpa_backends"]) <= set(models.SDPA_BACKENDS)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
@@ -286,3 +288,42 @@ def test_device_map_does_not_change_where_results_go(tmp_path):
     plain = results_path(config(tmp_path, "method=origin"))
     mapped = results_path(config(tmp_path, "method=origin", "+model.device_map=auto", "+model.max_memory={cpu: 8GiB}"))
     assert plain == mapped
+
+
+# ---------------------------------------------------------------------------------------------
+# attention implementation and decoding kernels
+
+
+def test_attn_implementation_is_applied_and_checked():
+    for implementation in models.ATTN_IMPLEMENTATIONS:
+        cfg = dict(model_cfg("tiny-random"), attn_implementation=implementation)
+        assert load_model(cfg).model.config._attn_implementation == implementation
+    with pytest.raises(HarnessError, match="attn_implementation must be one of sdpa, eager"):
+        load_model(dict(model_cfg("tiny-random"), attn_implementation="flashy"))
+    with pytest.raises(HarnessError, match="decode_sdpa_backends"):
+        load_model(dict(model_cfg("tiny-random"), decode_sdpa_backends=["cudnn"]))
+
+
+def test_eager_and_sdpa_give_the_same_logits_for_every_method():
+    """Origin's eager scores and the weave methods' explicit kernels equal their fused forms."""
+    from harness.methods import METHODS, apply_method
+    from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
+
+    ids = random_ids(3 * TRAIN_LENGTH)
+    for method in METHODS:
+        logits = [apply_method(tiny_model(attn_implementation=impl), method, **TINY_PARAMS[method])(ids).logits
+                  for impl in ("sdpa", "eager")]
+        torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4, msg=lambda m: f"{method}: {m}")
+
+
+def test_decoding_steps_run_under_the_chosen_sdpa_backends():
+    """One-token forwards see only the configured backends; prefills keep torch's choice."""
+    loaded = load_model(dict(model_cfg("tiny-random"), decode_sdpa_backends=["math"]))
+    seen = []
+    layer = loaded.model.model.layers[0]
+    layer.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cuda.flash_sdp_enabled()))
+    with torch.no_grad():
+        out = loaded.model(torch.arange(10)[None], use_cache=True)
+        loaded.model(torch.tensor([[3]]), cache=out.cache, use_cache=True)
+    assert seen == [True, False]
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step

@@ -216,3 +216,33 @@ def test_speed_task_rows(tmp_path):
     assert (frame["prefill_s"] > 0).all() and (frame["decode_ms_per_token"] > 0).all()
     assert (frame["score"] == frame["prefill_s"]).all()
     assert frame["input_hash"].nunique() == 2
+
+
+def test_attn_implementation_is_recorded_and_separates_results(tmp_path):
+    from harness.runner import results_path
+
+    sdpa = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1"))
+    eager = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1",
+                           "model.attn_implementation=eager"))
+    assert sdpa.path != eager.path
+    assert set(rows(sdpa)["attn_implementation"]) == {"sdpa"} and set(rows(eager)["attn_implementation"]) == {"eager"}
+    # the default (sdpa) and the decoding backends leave the hash as it was before these keys existed,
+    # so results written then stay resumable
+    path, _ = results_path(config(tmp_path, "method=origin", "model.decode_sdpa_backends=[math]"))
+    assert path == sdpa.path
+
+
+@pytest.mark.parametrize("experiment,method,committed", [
+    ("smollm2-speed-cpu", "origin", "origin-3b6049536b.csv"),
+    ("smollm2-passkey-cpu", "mesa", "mesa-38cf94d29a.csv"),
+    ("smollm2-ppl-cpu", "rerope", "rerope-b029236187.csv"),
+])
+def test_the_committed_reproduction_stays_resumable(experiment, method, committed):
+    """A config key added later must not move the committed rows' files (a hash change would recompute hours)."""
+    from harness.runner import results_path
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={experiment}", f"method={method}"])
+    path, _ = results_path(cfg)
+    assert path.name == committed
+    assert (ROOT / "results" / "cpu-smollm2" / "runs" / cfg.task.name / "smollm2-135m" / committed).is_file()
