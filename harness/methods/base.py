@@ -26,7 +26,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 
 from harness.errors import HarnessError, UnsupportedModelError
-from harness.methods.rope import apply_rope
+from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
 
 ATTENTION_NAME = "harness_weave"
 
@@ -79,6 +79,7 @@ class WeaveMethod:
         # "fused" (the device's flash/efficient kernels) or "explicit" (matmul + softmax); set by
         # attach_weave from the model's attn_implementation (sdpa -> fused, eager -> explicit).
         self.kernels = "fused"
+        self.shared: dict[tuple, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self, rotary: nn.Module) -> None:
@@ -89,10 +90,32 @@ class WeaveMethod:
     def begin_forward(self, state: dict[str, Any], past_length: int, new_length: int) -> None:
         """Called before each model forward. ``state`` persists across the forwards of one sequence."""
         self.state = state
+        self.shared: dict[tuple, Any] = {}  # what every layer of this forward computes alike (see per_forward)
 
     # -- helpers for subclasses ------------------------------------------------------------
-    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return apply_rope(x, positions, self.inv_freq, self.attention_scaling)
+    def per_forward(self, key: tuple, make):
+        """``make()``, computed by the first layer of this forward and reused by the others.
+
+        ``key`` must name everything the value depends on that can differ between layers (the
+        device, when a model is spread over several). Decoding a 7B model runs 32 layers per
+        token, so per-layer position arithmetic (cos/sin tables, log-n factors) is kernel launches
+        that Origin, whose rotary tables are computed once per forward, does not pay.
+        """
+        value = self.shared.get(key)
+        if value is None:
+            value = self.shared[key] = make()
+        return value
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor, table: str | None = None) -> torch.Tensor:
+        """``x`` (..., n, D) rotated to ``positions`` (n,). With ``table`` (a name for these
+        positions within this forward), the cos/sin tables are computed once for all layers."""
+        if table is None:
+            cos, sin = rope_cos_sin(positions, self.inv_freq, self.attention_scaling, x.dtype)
+        else:
+            cos, sin = self.per_forward(
+                ("rope", table, positions.shape[0], x.device, x.dtype),
+                lambda: rope_cos_sin(positions, self.inv_freq.to(x.device), self.attention_scaling, x.dtype))
+        return apply_rope_tables(x, cos, sin)
 
     def rotated_keys(
         self, layer_idx: int, tag: str, keys: torch.Tensor, positions: torch.Tensor, keep: bool, layout: object
@@ -107,10 +130,10 @@ class WeaveMethod:
         (a prefill) does not store the result: a prefill-only workload then never holds a second
         copy of the keys, and decoding pays one full rotation at its first step.
         """
-        if not (keep and self.state.get("persist", False)):
-            return self.rope(keys, positions)
-        store = self.state.setdefault("rotated_keys", {})
         length = positions.shape[0]
+        if not (keep and self.state.get("persist", False)):
+            return self.rope(keys, positions, table=f"{tag}-keys-0-{length}")
+        store = self.state.setdefault("rotated_keys", {})
         entry = store.get((layer_idx, tag))
         if entry is not None:
             old_layout, n, buffer = entry
@@ -119,13 +142,21 @@ class WeaveMethod:
                     grown = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
                     grown[:, :, :n] = buffer[:, :, :n]
                     buffer = grown
-                buffer[:, :, n:length] = self.rope(keys[:, :, n:], positions[n:])
+                buffer[:, :, n:length] = self.rope(keys[:, :, n:], positions[n:], table=f"{tag}-keys-{n}-{length}")
                 store[(layer_idx, tag)] = (layout, length, buffer)
                 return buffer[:, :, :length]
         buffer = keys.new_empty((*keys.shape[:2], length + _KEY_BUFFER_STEP, keys.shape[3]))
-        buffer[:, :, :length] = self.rope(keys, positions)
+        buffer[:, :, :length] = self.rope(keys, positions, table=f"{tag}-keys-0-{length}")
         store[(layer_idx, tag)] = (layout, length, buffer)
         return buffer[:, :, :length]
+
+    def logn_factor(self, query_start: int, count: int, like: torch.Tensor) -> torch.Tensor:
+        """log-n factors (count, 1) of the queries at true indices query_start.., in ``like``'s dtype."""
+        def make():
+            positions = torch.arange(query_start + 1, query_start + count + 1, device=like.device)
+            return logn_scale(positions, self.train_length).to(like.dtype)
+
+        return self.per_forward(("logn", query_start, count, like.device, like.dtype), make)
 
     def attend(
         self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float

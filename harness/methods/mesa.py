@@ -38,7 +38,6 @@ from harness.methods.attention import (
     merge_by_lse,
 )
 from harness.methods.base import WeaveMethod
-from harness.methods.rope import logn_scale
 
 VARIANTS = ("code", "paper")
 
@@ -185,7 +184,7 @@ class Mesa(WeaveMethod):
         """
         f = plan.first_end
         first = torch.arange(f, device=query.device)
-        q_first, k_first = self.rope(query[:, :, :f], first), self.rope(key[:, :, :f], first)
+        q_first, k_first = self.rope(query[:, :, :f], first, "first"), self.rope(key[:, :, :f], first, "first")
         if not plan.middle:
             out[:, :, :f] = causal_attention(q_first, k_first, value[:, :, :f], scaling, self.kernels, self.block_bytes)
             return
@@ -199,7 +198,7 @@ class Mesa(WeaveMethod):
             chunks = x[:, :, f:end].unflatten(2, (n, width))  # a view: (B, h, n, C, D)
             seq = x.new_empty((b, n, x.shape[1], f + width, dim))
             seq[:, :, :, :f] = x_first[:, None]
-            seq[:, :, :, f:] = (self.rope(chunks, local) if rotate else chunks).transpose(1, 2)
+            seq[:, :, :, f:] = (self.rope(chunks, local, "middle") if rotate else chunks).transpose(1, 2)
             return seq.view(b * n, x.shape[1], f + width, dim)
 
         result = causal_attention(
@@ -214,13 +213,12 @@ class Mesa(WeaveMethod):
         chunk, decoding); causal: query t sees keys 0..t."""
         lq, lk = query.shape[2], key.shape[2]
         if self.logn:
-            positions = torch.arange(query_start + 1, query_start + lq + 1, device=query.device)
-            query = query * logn_scale(positions, self.train_length).to(query.dtype)
+            query = query * self.logn_factor(query_start, lq, query)
         if self.variant == "paper" and lk > self.train_length:
             return self._paper_stair(layer_idx, query, key, value, scaling, query_start, decoding)
         positions, layout = self._stair_positions(lk, query.device)
         woven_key = self.rotated_keys(layer_idx, "stair", key, positions, keep=decoding, layout=layout)
-        woven_query = self.rope(query, positions[query_start : query_start + lq])
+        woven_query = self.rope(query, positions[query_start : query_start + lq], "woven-queries")
         return self._tail_attention(woven_query, woven_key, value, scaling)
 
     def _tail_attention(self, query, key, value, scaling):

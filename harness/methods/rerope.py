@@ -27,7 +27,6 @@ from harness.methods.attention import (
     merge_by_lse,
 )
 from harness.methods.base import WeaveMethod
-from harness.methods.rope import logn_scale
 
 
 class ReRoPE(WeaveMethod):
@@ -66,8 +65,7 @@ class ReRoPE(WeaveMethod):
     def attend(self, layer_idx, query, key, value, scaling):
         lq, lk = query.shape[2], key.shape[2]
         if self.logn:
-            positions = torch.arange(lk - lq + 1, lk + 1, device=query.device)
-            query = query * logn_scale(positions, self.train_length).to(query.dtype)
+            query = query * self.logn_factor(lk - lq, lq, query)
         if lq == lk and lq > 1:
             return self._prefill(query, key, value, scaling)
         return self._attend_cached(layer_idx, query, key, value, scaling)
@@ -76,17 +74,17 @@ class ReRoPE(WeaveMethod):
         """Near band + far part, each (out, LSE), merged: no L x L tensor anywhere."""
         length, w = key.shape[2], self.window
         index = torch.arange(length, device=query.device)
-        near = band_attention_with_lse(self.rope(query, index), self.rope(key, index), value, scaling, band=w,
+        near = band_attention_with_lse(self.rope(query, index, "true"), self.rope(key, index, "true"), value, scaling, band=w,
                                        kernels=self.kernels, block_bytes=self.block_bytes)
         if length <= w:  # every pair is near
             return near[0]
         inv_k = self.inverse_k(length)
         # Far pairs: query t >= w over keys j <= t - w, i.e. row i = t - w of a top-left causal
         # attention over keys 0..L-w-1, with the query at w + (t - w)/k and the key at j/k.
-        far_query = self.rope(query[:, :, w:], index[w:] * inv_k + w * (1 - inv_k))
+        far_query = self.rope(query[:, :, w:], index[w:] * inv_k + w * (1 - inv_k), "far-queries")
         far_key = key[:, :, : length - w]
         if inv_k != 0:
-            far_key = self.rope(far_key, index[: length - w] * inv_k)
+            far_key = self.rope(far_key, index[: length - w] * inv_k, "far-keys")
         far = attention_with_lse(far_query, far_key, value[:, :, : length - w], scaling, causal=True,
                                  kernels=self.kernels, block_bytes=self.block_bytes)
         out = near[0]
@@ -102,9 +100,9 @@ class ReRoPE(WeaveMethod):
         inv_k = self.inverse_k(lk)
         w = self.window
         keep = lq < lk  # decoding: keep rotated keys for the next step
-        near_query = self.rope(query, query_index)
+        near_query = self.rope(query, query_index, "near-queries")
         near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep, layout="true")
-        far_query = self.rope(query, query_index * inv_k + w * (1 - inv_k))
+        far_query = self.rope(query, query_index * inv_k + w * (1 - inv_k), "far-queries")
         far_key = key if inv_k == 0 else self.rotated_keys(layer_idx, "far", key, key_index * inv_k, keep,
                                                            layout=("scaled", inv_k))
         return banded_two_rule_attention(

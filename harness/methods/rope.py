@@ -38,6 +38,11 @@ def apply_rope(
     the rest pass through unchanged.
     """
     cos, sin = rope_cos_sin(positions, inv_freq, attention_scaling, x.dtype)
+    return apply_rope_tables(x, cos, sin)
+
+
+def apply_rope_tables(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` with its (n, rotary_dim) cos/sin tables already computed (e.g. shared by every layer)."""
     rotary_dim, half = cos.shape[-1], cos.shape[-1] // 2
     # x * cos + rotate_half(x) * sin, written without rotate_half's concatenated copy.
     if rotary_dim == x.shape[-1]:

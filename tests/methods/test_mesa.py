@@ -191,7 +191,7 @@ def test_woven_keys_are_reused_between_decode_steps():
     rotations = []
     mesa = model.model.harness_method
     real_rope = mesa.rope
-    mesa.rope = lambda x, positions: rotations.append(x.shape[2]) or real_rope(x, positions)
+    mesa.rope = lambda x, positions, table=None: rotations.append(x.shape[2]) or real_rope(x, positions, table)
     with torch.no_grad():
         out = model(input_ids=random_ids(300), use_cache=True)
         out = model(input_ids=random_ids(1, seed=5), cache=out.cache, use_cache=True)  # rotates all keys once
@@ -199,3 +199,20 @@ def test_woven_keys_are_reused_between_decode_steps():
         model(input_ids=random_ids(1, seed=6), cache=out.cache, use_cache=True)
     # per layer: one query row and one new key; nothing of length 301
     assert max(rotations) == 1, rotations
+
+
+def test_position_tables_are_computed_once_per_forward_not_per_layer(monkeypatch):
+    """A decoding step's cos/sin tables (the woven query, the new key) and log-n factors are
+    shared by every layer: per-layer position arithmetic is what made Mesa's steps slower than Origin's."""
+    from harness.methods import base
+
+    model = apply_method(tiny_model(num_hidden_layers=4), "mesa", **TINY_MESA)
+    calls = []
+    real = base.rope_cos_sin
+    monkeypatch.setattr(base, "rope_cos_sin", lambda *args: calls.append(args[0].shape[0]) or real(*args))
+    with torch.no_grad():
+        out = model(input_ids=random_ids(300), use_cache=True)
+        out = model(input_ids=random_ids(1, seed=5), cache=out.cache, use_cache=True)
+        calls.clear()
+        model(input_ids=random_ids(1, seed=6), cache=out.cache, use_cache=True)
+    assert calls == [1, 1], calls  # the query's table and the new key's, once for all 4 layers

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check, as one script (< 8 minutes on one H100), run from a copy of the repository:
+#   (a) every method's logits on the device vs the CPU, fp32, prefill and cached decoding
+#       (benchmarks/device_parity.py -> $OUT_DIR/parity.csv);
+#   (b) the speed task on the random-weight LLaMA2-7B shape in fp16 at 4k..64k for all five methods
+#       with attn_implementation=sdpa, and Origin with eager (the paper's baseline) at 4k..16k;
+#   (c) the rows collected into $OUT_DIR/all.csv and drawn by `python -m plots`.
+#
+# On the GPU machine (torch preinstalled; hydra-core, omegaconf and antlr4 from wheels that
+# `make gpu-wheels` puts in benchmarks/wheels/, carried along):
+#   bash benchmarks/gpu_check.sh
+# End to end on a CPU with small models (what CI-class machines can check):
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_MODEL=llama-30m-random GPU_CHECK_DTYPE=float32 \
+#   GPU_CHECK_LENGTHS=[1024,2048] GPU_CHECK_EAGER_LENGTHS=[1024] GPU_CHECK_PARITY_MODEL=tiny-random \
+#   GPU_CHECK_PARITY_LENGTH=400 GPU_CHECK_OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
+# If $OUT is set (the device tool's return folder), the rows also come back as $OUT/<name>.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
+
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+MODEL=${GPU_CHECK_MODEL:-llama2-7b}
+DTYPE=${GPU_CHECK_DTYPE:-float16}
+LENGTHS=${GPU_CHECK_LENGTHS:-[4096,8192,16384,32768,65536]}
+EAGER_LENGTHS=${GPU_CHECK_EAGER_LENGTHS:-[4096,8192,16384]}
+PARITY_MODEL=${GPU_CHECK_PARITY_MODEL:-llama-30m-random}
+PARITY_LENGTH=${GPU_CHECK_PARITY_LENGTH:-6144}
+OUT_DIR=${GPU_CHECK_OUT:-results/gpu-h100}
+WHEELS=${GPU_CHECK_WHEELS:-benchmarks/wheels}
+
+if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
+  ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "error: hydra-core is missing and $WHEELS has no wheels; run make gpu-wheels first" >&2; exit 2; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site "$WHEELS"/*.whl || exit 2
+  export PYTHONPATH=/tmp/gpu-check-site:${PYTHONPATH:-}
+fi
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
+status=0
+started=$SECONDS
+
+echo "== (a) logits on $DEVICE vs cpu"
+python3 benchmarks/device_parity.py --device "$DEVICE" --model "$PARITY_MODEL" --length "$PARITY_LENGTH" \
+  --out "$OUT_DIR/parity.csv" || status=1
+echo "   $((SECONDS - started)) s"
+
+echo "== (b) speed: $MODEL $DTYPE on $DEVICE, lengths $LENGTHS"
+COMMON=(model="$MODEL" model.random_weights=true device="$DEVICE" dtype="$DTYPE" task=speed task.decode_steps=16
+        task.repeats=2 results_dir="$OUT_DIR")
+python3 -m harness -m "${COMMON[@]}" method=origin,dynamic-ntk,mesa,rerope,leaky-rerope "task.lengths=$LENGTHS" || status=1
+python3 -m harness "${COMMON[@]}" method=origin model.attn_implementation=eager "task.lengths=$EAGER_LENGTHS"
+[ $? -le 1 ] || status=1  # 1: some lengths failed (out of memory is expected for eager), rows say which
+echo "   $((SECONDS - started)) s"
+
+echo "== (c) collect and draw"
+python3 -m harness.collect --results "$OUT_DIR" || status=1
+python3 -m plots --results "$OUT_DIR/all.csv" || status=1
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/$(basename "$OUT_DIR").tgz" "$OUT_DIR" && echo "rows packed: \$OUT/$(basename "$OUT_DIR").tgz"
+fi
+echo "== done in $((SECONDS - started)) s, status $status"
+exit $status
