@@ -13,7 +13,7 @@ one sample. The estimate is arithmetic on the model's architecture (from ``model
 * decode extras: rotated key copies the weave methods keep while decoding.
 
 It is an estimate: allocator overheads, fragmentation and framework buffers are not modelled.
-The README compares it with measured peaks.
+docs/reproduction.md compares it with measured peaks.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Tidy, resumable results: one CSV per job, one row per (model, method, task, length, sample).
 
-Layout (documented in README.md)::
+Layout (documented in README.md; ``results_dir`` is relative to where the command is started)::
 
-    results/runs/<task>/<model>/<method>-<config_hash>.csv    rows, appended one by one
-    results/runs/<task>/<model>/<method>-<config_hash>.yaml   the job's full config (provenance)
-    results/all.csv                                            everything, from `python -m harness.collect`
+    <results_dir>/runs/<task>/<model>/<method>-<config_hash>.csv    rows, appended one by one
+    <results_dir>/runs/<task>/<model>/<method>-<config_hash>.yaml   the job's full config (provenance)
+    <results_dir>/all.csv                                            everything, from `python -m harness.collect`
 
 Why this is safe:
 * every row is written with whole-line writes under a short exclusive write lock, then fsync'ed, so
