@@ -43,6 +43,6 @@ clean:
 	rm -f $(STAMP)
 
 FIGURES_FROM ?= results/cpu-smollm2
-figures: $(STAMP)  ## every figure from the committed CPU reproduction (or FIGURES_FROM=dir) -> plots/figures/
+figures: $(STAMP)  ## every figure from the committed CPU reproduction (or FIGURES_FROM=dir) -> $(FIGURES_FROM)/figures/
 	$(PYTHON) -m harness.collect --results $(FIGURES_FROM)
 	$(PYTHON) -m plots --results $(FIGURES_FROM)/all.csv

@@ -6,6 +6,11 @@ this callback, so the worker hands its job's record to the parent as one JSON fi
 directory (``<sweep dir>/.harness-jobs/<sweep id>/<job num>.json``), and ``on_multirun_end`` reads
 them back (and removes them). The sweep id keeps a rerun into the same sweep directory from
 counting another sweep's records.
+
+Exit status: 2 when no job could run because every one was refused as bad input (or, with
+``plan=true``, when any was), 1 when any job was refused or crashed or any sample failed, else 0.
+A sweep that computed nothing (``plan=true``, or every job refused) removes the sweep folder it
+created (Hydra's ``multirun.yaml``), so it leaves no files behind.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 
 class SweepSummary(Callback):
@@ -28,10 +34,17 @@ class SweepSummary(Callback):
         self.jobs: list[dict] = []
         self._parent_pid: int | None = None
         self._inbox: Path | None = None
+        self._created: list[Path] = []  # the sweep folder and its parents that did not exist before this sweep
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         self._parent_pid = os.getpid()
-        self._inbox = Path(str(config.hydra.sweep.dir)).absolute() / ".harness-jobs" / uuid.uuid4().hex[:12]
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self._inbox = sweep_dir / ".harness-jobs" / uuid.uuid4().hex[:12]
+        self._created = []
+        folder = sweep_dir
+        while not folder.exists() and folder != folder.parent:  # Hydra creates them after this call
+            self._created.append(folder)
+            folder = folder.parent
 
     def on_job_start(self, config, **kwargs: Any) -> None:
         if self._parent_pid is not None and os.getpid() != self._parent_pid:
@@ -64,23 +77,40 @@ class SweepSummary(Callback):
             self._inbox.parent.rmdir()
         return records
 
+    def _remove_sweep_dir(self) -> None:
+        """Remove what this sweep created, if it holds nothing but Hydra's multirun.yaml."""
+        if not self._created:
+            return
+        with contextlib.suppress(OSError):
+            (self._created[0] / "multirun.yaml").unlink()
+        for folder in self._created:  # deepest first; a folder with anything else in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         jobs = self.jobs + self._worker_records()
-        if jobs and all("planned" in j or "invalid" in j for j in jobs):  # plan=true: nothing ran
+        invalid = [j for j in jobs if "invalid" in j]
+        crashed = [j for j in jobs if "crashed" in j]
+        if OmegaConf.select(config, "plan", default=False):  # plan=true: nothing ran
             todo, done = sum(j.get("planned", 0) for j in jobs), sum(j.get("done", 0) for j in jobs)
             tokens = sum(j.get("tokens", 0) for j in jobs)
             print(f"\nplan: {len(jobs)} jobs, {todo} samples to run ({done} already done), {tokens:,} tokens; nothing was run")
-            invalid = [j for j in jobs if "invalid" in j]
-            for j in invalid:
-                print(f"  invalid: {j['job']}: {j['invalid']}")
-            if invalid:
-                sys.exit(1)
+            for j in invalid + crashed:
+                print(f"  invalid: {j['job']}: {j.get('invalid') or j.get('crashed')}")
+            self._remove_sweep_dir()
+            if invalid or crashed:
+                sys.exit(2 if invalid and not crashed else 1)
             return
-        bad = [j for j in jobs if "invalid" in j or "crashed" in j]
+        bad = invalid + crashed
         failed = sum(j.get("oom", 0) + j.get("error", 0) for j in jobs)
         ok = sum(j.get("ok", 0) for j in jobs)
         print(f"\nsweep: {len(jobs)} jobs, {ok} new ok rows, {failed} failed samples, {len(bad)} jobs not run")
         for j in bad:
             print(f"  not run: {j['job']}: {j.get('invalid') or j.get('crashed')}")
+        if jobs and len(invalid) == len(jobs):  # bad input everywhere: nothing ran, nothing is left behind
+            self._remove_sweep_dir()
+            sys.exit(2)
         if bad or failed:
             sys.exit(1)

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import REPO_ROOT
+from harness.choices import check_choices
 from harness.errors import HarnessError
 from harness.launchers import check_launcher_plugins
 
@@ -64,6 +65,7 @@ def _hydra_main(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
+    check_choices()  # an unknown model/method/task/experiment: one line naming the choices, exit 2
     check_launcher_plugins()  # a launcher plugin that is not installed: one line, exit 2
     import transformers
 

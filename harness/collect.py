@@ -1,4 +1,6 @@
-"""python -m harness.collect [--results results] [--out results/all.csv]: every job's rows in one CSV."""
+"""python -m harness.collect [--results results] [--out results/all.csv]: every job's rows in one CSV.
+
+Paths are relative to the current directory, like ``results_dir`` of ``python -m harness``."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.results import collect
-from harness import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="the results directory")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="the results directory (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="default: <results>/all.csv")
     args = parser.parse_args(argv)
     out = args.out or args.results / "all.csv"
+    if not (args.results / "runs").is_dir():
+        print(f"error: {args.results / 'runs'} does not exist: no rows to collect (run python -m harness first, "
+              f"or give --results)", file=sys.stderr)
+        return 2
     try:
         table = collect(args.results, out)
     except HarnessError as error:

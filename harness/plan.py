@@ -13,7 +13,7 @@ one sample. The estimate is arithmetic on the model's architecture (from ``model
 * decode extras: rotated key copies the weave methods keep while decoding.
 
 It is an estimate: allocator overheads, fragmentation and framework buffers are not modelled.
-The README compares it with measured peaks.
+docs/reproduction.md compares it with measured peaks.
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ def new_tokens_of(task_cfg: dict) -> int:
 
 def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one job (no weights, tokenizer or corpus is loaded)."""
-    from harness.runner import check_lengths, method_settings, results_path
+    from harness.runner import check_job, method_settings, results_path
 
-    lengths = check_lengths(OmegaConf.to_container(cfg.task.lengths, resolve=True))
+    lengths, samples = check_job(cfg)
     path, _ = results_path(cfg)
     done = ResultsFile(path, []).done()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -184,10 +184,10 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     new_tokens = new_tokens_of(task_cfg)
     cells = []
     for length in lengths:
-        n_done = sum((length, i) in done for i in range(cfg.task.samples))
+        n_done = sum((length, i) in done for i in range(samples))
         memory = estimate_memory(shape, method, params, task_cfg, length, new_tokens, cfg.dtype,
                                  model_cfg.get("attn_implementation") or "sdpa") if shape else {}
-        cells.append(CellPlan(length, int(cfg.task.samples), n_done, new_tokens, memory))
+        cells.append(CellPlan(length, samples, n_done, new_tokens, memory))
     return JobPlan(f"model={cfg.model.name} method={method} task={cfg.task.name}", path, cells, source)
 
 

@@ -1,10 +1,10 @@
 """Tidy, resumable results: one CSV per job, one row per (model, method, task, length, sample).
 
-Layout (documented in README.md)::
+Layout (documented in README.md; ``results_dir`` is relative to where the command is started)::
 
-    results/runs/<task>/<model>/<method>-<config_hash>.csv    rows, appended one by one
-    results/runs/<task>/<model>/<method>-<config_hash>.yaml   the job's full config (provenance)
-    results/all.csv                                            everything, from `python -m harness.collect`
+    <results_dir>/runs/<task>/<model>/<method>-<config_hash>.csv    rows, appended one by one
+    <results_dir>/runs/<task>/<model>/<method>-<config_hash>.yaml   the job's full config (provenance)
+    <results_dir>/all.csv                                            everything, from `python -m harness.collect`
 
 Why this is safe:
 * every row is written with whole-line writes under a short exclusive write lock, then fsync'ed, so
@@ -24,6 +24,7 @@ The results directory must be on a filesystem with POSIX locks (local disks and 
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -80,16 +81,24 @@ class ResultsFile:
         """The rows already written (an empty frame if none)."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return pd.DataFrame(columns=self.columns or COMMON_COLUMNS)
-        text = self.path.read_text()
-        if not text.endswith("\n"):  # a torn last line (killed mid-write) is not a row; it is cut on the next write
-            text = text[: text.rfind("\n") + 1]
         try:
+            text = self.path.read_text(encoding="utf-8")
+            if not text.endswith("\n"):  # a torn last line (killed mid-write) is not a row; it is cut on the next write
+                text = text[: text.rfind("\n") + 1]
             frame = pd.read_csv(io.StringIO(text), dtype={"input_hash": str, "config_hash": str, "answer": str})
-        except Exception as error:  # noqa: BLE001 - any parse failure means the same thing to the user
-            raise HarnessError(f"results file {self.path} is corrupted ({error}); move it away and rerun") from None
+        except OSError as error:
+            raise HarnessError(f"results file {self.path} cannot be read ({error.strerror or error})") from None
+        except Exception as error:  # noqa: BLE001 - undecodable bytes or any parse failure mean the same to the user
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise _corrupted(self.path, reason) from None
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]
         if missing or (len(frame) and not frame["status"].isin(STATUSES).all()):
-            raise HarnessError(f"results file {self.path} is corrupted (unexpected columns or status); move it away and rerun")
+            raise _corrupted(self.path, "unexpected columns or status")
+        for column in ("length", "sample"):
+            values = pd.to_numeric(frame[column], errors="coerce")
+            if values.isna().any() or (values != values.round()).any() or (values < 0).any():
+                raise _corrupted(self.path, f"a {column} that is not a whole number")
+            frame[column] = values.astype("int64")
         return frame
 
     def done(self) -> set[tuple[int, int]]:
@@ -191,14 +200,26 @@ class ResultsFile:
 
 
 def check_writable(folder: Path) -> None:
-    """One-line error if rows cannot be written under ``folder`` (the runner checks this before loading a model)."""
+    """One-line error if rows cannot be written under ``folder`` (the runner checks this before loading a model).
+
+    Creates nothing: it writes (and removes) a probe file in the nearest folder that exists, so a
+    job refused later for bad input leaves no empty folders behind."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        probe = existing / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise _not_writable(folder, error) from None
+
+
+def _corrupted(path: Path, reason: str) -> HarnessError:
+    return HarnessError(f"results file {path} is corrupted ({reason}); move it away and rerun")
 
 
 def _not_writable(folder: Path, error: OSError) -> HarnessError:

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import REPO_ROOT
+from harness.devices import check_device
 from harness.errors import HarnessError
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, config_hash, input_hash
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobSummary:
     path: Path
+    lengths: list[int] = field(default_factory=list)  # what this run asked for (the summary table shows these)
+    samples: int = 0
     # skipped: rows already written; busy: samples another process was computing (left to it)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0, "busy": 0})
 
@@ -46,13 +49,56 @@ def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
     return params.pop("name"), params
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 def check_lengths(lengths) -> list[int]:
+    """The task's lengths as a list of positive integers (a single integer is one length); duplicates dropped."""
+    if isinstance(lengths, (ListConfig, DictConfig)):
+        lengths = OmegaConf.to_container(lengths, resolve=True)
+    if not isinstance(lengths, (list, tuple)):
+        lengths = [lengths]  # task.lengths=512 means [512]
+    if not lengths:
+        raise HarnessError("task.lengths is empty: give at least one length, e.g. task.lengths=[1024,2048]")
     out = []
     for value in lengths:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise HarnessError(f"task.lengths must be positive integers, got {value!r}; e.g. task.lengths=[1024,2048]")
-        out.append(value)
+        if value not in out:
+            out.append(value)
     return out
+
+
+def check_job(cfg: DictConfig) -> tuple[list[int], int]:
+    """Everything about a job that can be checked without loading anything: (lengths, samples).
+
+    ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HarnessError(f"seed must be an integer, got {seed!r}")
+    if cfg.get("dtype") not in DTYPES:
+        raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
+    check_device(cfg.device)
+    lengths = check_lengths(cfg.task.get("lengths"))
+    samples = cfg.task.get("samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    return lengths, samples
+
+
+def original_cwd() -> Path:
+    """Where the command was started: Hydra's original working directory, else the current one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def results_root(cfg: DictConfig) -> Path:
+    """``results_dir`` as an absolute path; a relative one is relative to where the command was started."""
+    root = Path(str(cfg.results_dir)).expanduser()
+    return (root if root.is_absolute() else original_cwd() / root).absolute()
 
 
 def results_path(cfg: DictConfig) -> tuple[Path, str]:
@@ -71,10 +117,7 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     payload = dict(model=model, method=OmegaConf.to_container(cfg.method, resolve=True), task=task,
                    seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
     digest = config_hash(payload)
-    root = Path(cfg.results_dir)
-    if not root.is_absolute():
-        root = REPO_ROOT / root
-    return root / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
+    return results_root(cfg) / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
 
 
 def _git_rev() -> str:
@@ -99,16 +142,10 @@ def _is_oom(error: BaseException) -> bool:
 
 def run_job(cfg: DictConfig) -> JobSummary:
     """Run whatever of this job is not in its results file yet."""
-    from harness.methods import apply_method
-    from harness.models import load_model
-
-    lengths = check_lengths(OmegaConf.to_container(cfg.task.lengths, resolve=True))
-    samples = cfg.task.samples
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    lengths, samples = check_job(cfg)
     path, digest = results_path(cfg)
-    check_writable(path.parent)  # before loading anything
-    summary = JobSummary(path)
+    check_writable(path.parent)  # before loading anything (creates nothing)
+    summary = JobSummary(path, lengths, samples)
     done = ResultsFile(path, []).done()
     todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
     summary.counts["skipped"] = len(lengths) * samples - len(todo)
@@ -116,10 +153,14 @@ def run_job(cfg: DictConfig) -> JobSummary:
         log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
 
+    from harness.methods import apply_method  # imported only once there is work (bad input is refused faster)
+    from harness.models import load_model
+
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     method_name, params = method_settings(cfg.method)
     model = apply_method(loaded.model, method_name, **params)
     task_params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
+    task_params["lengths"] = lengths
     try:
         task = instantiate(task_params, tokenizer=loaded.tokenizer, prompt_template=loaded.prompt_template,
                            seed=cfg.seed, train_length=loaded.train_length, vocab_size=model.config.vocab_size,

@@ -1,4 +1,4 @@
-"""What a run prints at the end: where the rows went and a short table."""
+"""What a run prints at the end: where the rows went and a short table of the lengths it asked for."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ def print_job_summary(summary) -> None:
     print(f"rows: {summary.path}  (new: {counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; "
           f"already there: {counts['skipped']}{busy})")
     frame = ResultsFile(summary.path, []).read()
+    if summary.lengths:  # only what this command asked for; the file may hold other lengths and samples
+        frame = frame[frame["length"].isin(summary.lengths) & (frame["sample"] < summary.samples)]
     if len(frame):
         table = frame.groupby("length").agg(
             samples=("sample", "count"), score=("score", "mean"), failed=("status", lambda s: int((s != "ok").sum())),

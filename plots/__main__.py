@@ -1,31 +1,39 @@
-"""python -m plots [--results results/all.csv] [--out plots/figures]: every figure + an index page.
+"""python -m plots [--results results/all.csv] [--out DIR]: every figure + an index page.
 
-``make figures`` first collects results/runs/** into results/all.csv, then runs this.
+Figures are written next to the rows they come from: ``<folder of the CSV>/figures/`` unless
+``--out`` says otherwise. ``make figures`` collects ``results/cpu-smollm2/runs/**`` into
+``results/cpu-smollm2/all.csv`` and draws the committed figures into ``results/cpu-smollm2/figures/``;
+``make figures FIGURES_FROM=results`` draws one's own rows into ``results/figures/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from harness import REPO_ROOT as ROOT
 from plots.figures import build_all
 
 CAPTIONS = {
-    "passkey": "Passkey retrieval accuracy vs input length (paper Figure 3); band = +- one std over samples; "
-               "dashed line = the model's training length; x = a length where every sample failed (OOM/ERR).",
-    "ppl": "Mean NLL per token vs input length (paper Figure 4); dashed line = training length.",
-    "speed": "Peak memory during prefill (bars), prefill time (lines) and per-token decode time vs length (Figure 5).",
-    "longeval": "LongEval line-retrieval accuracy vs number of lines (paper Figure 7).",
+    "passkey": "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "
+               "Wilson intervals; n above the panel = samples per method and length; dashed line = the model's "
+               "training length; x = a length where every sample failed (OOM/ERR).",
+    "ppl": "Mean NLL per token vs input length (paper Figure 4), log2 length axis; band = +- one std over documents; "
+           "n above the panel = documents per point; dashed line = training length.",
+    "speed": "Peak memory during prefill (bars), prefill time (lines) and per-token decode time vs length (Figure 5), "
+             "log2 length axis.",
+    "longeval": "LongEval line-retrieval accuracy vs number of lines (paper Figure 7; lines, not tokens); error bars = "
+                "95% Wilson intervals; n above the panel = samples per point.",
     "heatmaps": "Method x length mean score per task and model; grey n/a = no row, OOM/ERROR = only failures.",
 }
 
 
 def write_index(built: dict[str, list[Path]], out_dir: Path, source: Path) -> Path:
-    lines = ["# Figures", "", f"Drawn by `make figures` from `{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`.", ""]
+    where = Path(os.path.relpath(Path(source).resolve(), Path(out_dir).resolve())).as_posix()
+    lines = ["# Figures", "", f"Drawn by `python -m plots` (`make figures`) from `{where}`.", ""]
     for name, paths in built.items():
         lines += [f"## {name}", "", CAPTIONS.get(name, ""), ""]
         lines += [f"![{p.stem}]({p.name})" for p in paths if p.suffix == ".png"]
@@ -36,20 +44,26 @@ def write_index(built: dict[str, list[Path]], out_dir: Path, source: Path) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, default=ROOT / "results" / "all.csv")
-    parser.add_argument("--out", type=Path, default=ROOT / "plots" / "figures")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("results") / "all.csv",
+                        help="the collected rows (default: results/all.csv, relative to the current directory)")
+    parser.add_argument("--out", type=Path, default=None, help="default: a figures/ folder next to --results")
     args = parser.parse_args(argv)
-    if not args.results.exists():
+    if not args.results.is_file():
         print(f"error: {args.results} does not exist; run python -m harness.collect first", file=sys.stderr)
         return 2
-    frame = pd.read_csv(args.results)
+    try:
+        frame = pd.read_csv(args.results)
+    except Exception as error:  # noqa: BLE001 - any unreadable table means the same to the user
+        print(f"error: {args.results} is not a results table ({str(error).splitlines()[0]})", file=sys.stderr)
+        return 2
     if frame.empty:
         print(f"error: {args.results} has no rows", file=sys.stderr)
         return 2
-    built = build_all(frame, args.out)
-    index = write_index(built, args.out, args.results)
-    print(f"{sum(len(p) for p in built.values())} files -> {args.out} (index: {index})")
+    out = args.out or args.results.parent / "figures"
+    built = build_all(frame, out)
+    index = write_index(built, out, args.results)
+    print(f"{sum(len(p) for p in built.values())} files -> {out} (index: {index})")
     return 0
 
 

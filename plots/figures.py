@@ -2,18 +2,24 @@
 
 Each ``plot_*`` function takes the whole table, draws whatever models, methods and lengths it
 contains, and returns the written paths (PNG and PDF) or [] when the table has no row for it.
-Every method has one colour in every figure; a method with no row for a model is still listed in
-that panel's legend as "no data", and failed cells are marked, never dropped silently.
+Every method has one colour and marker in every figure (a method this module does not know gets
+one from its name, the same everywhere); a method with no row for a model is still listed in that
+panel's legend as "no data", and failed cells are marked, never dropped silently. Lengths double
+in every sweep, so length axes are log2. Accuracies carry 95% Wilson intervals, and every point's
+number of samples is written above the panel. Files carry no timestamps: the same rows give
+byte-identical files, so redrawing leaves ``git status`` clean.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -31,8 +37,57 @@ METHOD_STYLE = {
 MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
 
 
+_EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_EXTRA_MARKERS = ["P", "X", "*", "h", "<", ">"]
+# No timestamps or tool versions in the files: the same rows draw byte-identical figures.
+SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+Z95 = 1.959963984540054
+
+
 def style(method: str) -> dict:
-    return METHOD_STYLE.get(method, dict(color="#9467bd", marker="x", label=method))
+    """The method's colour, marker and label; an unknown method's come from a hash of its name."""
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    digest = hashlib.sha1(method.encode()).digest()
+    return dict(color=_EXTRA_COLORS[digest[0] % len(_EXTRA_COLORS)],
+                marker=_EXTRA_MARKERS[digest[1] % len(_EXTRA_MARKERS)], label=method)
+
+
+def wilson(successes, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval (lower, upper) of a binomial proportion, elementwise."""
+    k, n = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def length_label(length) -> str:
+    """Compact tick label: 4096 -> 4k, 12288 -> 12k, 300 -> 300."""
+    length = int(length)
+    return f"{length // 1024}k" if length >= 1024 and length % 1024 == 0 else str(length)
+
+
+def log2_length_axis(ax, lengths, xlabel: str) -> None:
+    """A log2 length axis with one labelled tick per length in the data."""
+    lengths = sorted({int(v) for v in lengths})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [length_label(v) for v in lengths], rotation=45 if len(lengths) > 8 else 0)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(xlabel)
+
+
+def samples_axis(ax, counts: dict[int, list[int]], log2: bool = True) -> None:
+    """Above the panel: the number of samples behind each length's points ("n=4", or "n=2-4" if methods differ)."""
+    top = ax.secondary_xaxis("top")
+    if log2:
+        top.set_xscale("log", base=2)
+    lengths = sorted(counts)
+    labels = [f"n={min(counts[v])}" if min(counts[v]) == max(counts[v]) else f"n={min(counts[v])}-{max(counts[v])}"
+              for v in lengths]
+    top.set_xticks(lengths, labels, fontsize=7)
+    top.xaxis.set_minor_locator(NullLocator())
+    top.tick_params(length=0)
 
 
 def methods_in(frame: pd.DataFrame) -> list[str]:
@@ -49,8 +104,8 @@ def train_length(model: str) -> int | None:
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight", metadata=SAVE_METADATA["png"])
+    fig.savefig(paths[1], bbox_inches="tight", metadata=SAVE_METADATA["pdf"])
     plt.close(fig)
     return paths
 
@@ -67,47 +122,57 @@ def _mark_training_length(ax, model: str) -> None:
 
 
 def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, out_dir: Path, name: str,
-                      xlabel: str = "input length (tokens)", band: str = "std", ylim=None) -> list[Path]:
-    """One panel per model: mean score per method and length, a band, failed cells marked."""
+                      xlabel: str = "input length (tokens; k = 1024)", band: str = "std", ylim=None) -> list[Path]:
+    """One panel per model: per method and length the mean score with its interval, failed cells marked.
+
+    band="wilson": scores are 0/1 successes; error bars are 95% Wilson intervals. band="std": a
+    shaded band of +- one standard deviation over samples."""
     rows = frame[frame["task"] == task]
     if rows.empty:
         return []
     all_methods = methods_in(frame)
     models = sorted(rows["model"].unique())
-    span = float(rows["length"].max() - rows["length"].min()) or float(rows["length"].max())
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = rows[rows["model"] == model]
+        counts: dict[int, list[int]] = {}
         for rank, method in enumerate(all_methods):
             st = style(method)
-            # a small sideways shift per method, so equal values (e.g. all 0.0) do not hide each other
-            shift = (rank - (len(all_methods) - 1) / 2) * 0.008 * span
+            # a small sideways shift per method (in log2 units), so equal values do not hide each other
+            shift = 2.0 ** ((rank - (len(all_methods) - 1) / 2) * 0.025)
             cell = sub[sub["method"] == method]
             ok = cell[cell["status"] == "ok"]
             if cell.empty:
                 ax.plot([], [], color=st["color"], marker=st["marker"], linestyle="none", label=f"{st['label']} (no data)")
                 continue
-            stats = ok.groupby("length")["score"].agg(["mean", "std", "count"]).reset_index()
-            stats["length"] = stats["length"] + shift
-            ax.plot(stats["length"], stats["mean"], color=st["color"], marker=st["marker"], label=st["label"])
-            if band == "std" and (stats["count"] > 1).any():
-                spread = stats["std"].fillna(0)
-                low, high = stats["mean"] - spread, stats["mean"] + spread
-                if ylim is not None:  # an accuracy band never leaves [0, 1]
-                    low, high = low.clip(0, 1), high.clip(0, 1)
-                ax.fill_between(stats["length"], low, high,
-                                color=st["color"], alpha=0.15, linewidth=0)
+            stats = ok.groupby("length")["score"].agg(["mean", "std", "count", "sum"]).reset_index()
+            for length, n in zip(stats["length"], stats["count"]):
+                counts.setdefault(int(length), []).append(int(n))
+            x = stats["length"] * shift
+            if band == "wilson":
+                low, high = wilson(stats["sum"], stats["count"])
+                yerr = np.vstack([stats["mean"] - low, high - stats["mean"]]).clip(0)
+                ax.errorbar(x, stats["mean"], yerr=yerr, color=st["color"], marker=st["marker"], capsize=3,
+                            linewidth=1.4, elinewidth=1, label=st["label"])
+            else:
+                ax.plot(x, stats["mean"], color=st["color"], marker=st["marker"], label=st["label"])
+                if (stats["count"] > 1).any():
+                    spread = stats["std"].fillna(0)
+                    ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread, color=st["color"], alpha=0.15,
+                                    linewidth=0)
             failed = cell[cell["status"] != "ok"].groupby("length")["status"].agg(lambda s: s.mode().iloc[0])
             failed = failed[~failed.index.isin(ok["length"])]  # lengths with no ok sample at all
             for length, status in failed.items():
+                counts.setdefault(int(length), []).append(0)
                 y = ax.get_ylim()[0] if ylim is None else ylim[0]
-                ax.scatter([length], [y], marker="x", s=60, color=st["color"], clip_on=False, zorder=5)
-                ax.annotate(status.upper(), (length, y), textcoords="offset points", xytext=(0, 6), ha="center",
-                            fontsize=7, color=st["color"])
-        if x := task_xline(task):
-            x(ax, model)
+                ax.scatter([length * shift], [y], marker="x", s=60, color=st["color"], clip_on=False, zorder=5)
+                ax.annotate(status.upper(), (length * shift, y), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7, color=st["color"])
+        if x_line := task_xline(task):
+            x_line(ax, model)
+        log2_length_axis(ax, sub["length"], xlabel)
+        samples_axis(ax, counts)
         ax.set_title(f"{title}: {model}")
-        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if ylim is not None:
             ax.set_ylim(*ylim)
@@ -121,20 +186,22 @@ def task_xline(task: str):
 
 
 def plot_passkey(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Paper Figure 3: passkey accuracy vs input length, mean +- one standard deviation."""
-    return _metric_vs_length(frame, "passkey", "accuracy (mean +- std over samples)", "Passkey retrieval", out_dir,
-                             "passkey_accuracy", ylim=(-0.05, 1.05))
+    """Paper Figure 3: passkey accuracy vs input length, with 95% Wilson intervals."""
+    return _metric_vs_length(frame, "passkey", "accuracy (95% Wilson interval)", "Passkey retrieval", out_dir,
+                             "passkey_accuracy", band="wilson", ylim=(-0.05, 1.05))
 
 
 def plot_ppl(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Paper Figure 4: NLL (nats per token) vs input length."""
-    return _metric_vs_length(frame, "ppl", "NLL (nats/token, mean over documents)", "Perplexity", out_dir, "ppl_nll")
+    return _metric_vs_length(frame, "ppl", "NLL (nats/token, mean +- std over documents)", "Perplexity", out_dir,
+                             "ppl_nll")
 
 
 def plot_longeval(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Paper Figure 7: LongEval line-retrieval accuracy vs number of lines."""
-    return _metric_vs_length(frame, "longeval", "accuracy (mean +- std over samples)", "LongEval lines", out_dir,
-                             "longeval_accuracy", xlabel="number of lines", ylim=(-0.05, 1.05))
+    return _metric_vs_length(frame, "longeval", "accuracy (95% Wilson interval)", "LongEval lines", out_dir,
+                             "longeval_accuracy", xlabel="number of lines (not tokens)", band="wilson",
+                             ylim=(-0.05, 1.05))
 
 
 def plot_speed(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -150,8 +217,9 @@ def plot_speed(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax_mem, ax_dec = grid[0][col], grid[1][col]
         sub = rows[rows["model"] == model]
         lengths = sorted(everything[everything["model"] == model]["length"].unique())
-        x = np.arange(len(lengths))
-        width = 0.8 / max(1, len(all_methods))
+        x = np.log2(np.asarray(lengths, dtype=float))  # a log2 length axis (bars need linear positions)
+        gap = float(np.diff(x).min()) if len(x) > 1 else 1.0
+        width = 0.8 * gap / max(1, len(all_methods))
         ax_time = ax_mem.twinx()
         for i, method in enumerate(all_methods):
             st = style(method)
@@ -167,11 +235,11 @@ def plot_speed(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             for length in sorted(set(failed["length"]) - set(sub[sub["method"] == method]["length"])):
                 j = lengths.index(length)
                 ax_mem.annotate("OOM" if (failed[failed["length"] == length]["status"] == "oom").any() else "ERR",
-                                (j + offset, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                                (x[j] + offset, 0), xytext=(0, 3), textcoords="offset points", ha="center",
                                 fontsize=7, color=st["color"], rotation=90)
         for ax in (ax_mem, ax_dec):
-            ax.set_xticks(x, [str(v) for v in lengths])
-            ax.set_xlabel("input length (tokens)")
+            ax.set_xticks(x, [length_label(v) for v in lengths])
+            ax.set_xlabel("input length (tokens, log2 scale; k = 1024)")
             ax.grid(alpha=0.3, axis="y")
         ax_mem.set_ylabel("peak memory during prefill (GiB, bars)")
         ax_time.set_ylabel("prefill time (s, lines)")
@@ -210,9 +278,11 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                 bright = np.isnan(value) or (high > low and (value - low) / (high - low) > 0.6)  # viridis is light on top
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
         metric = sub["metric"].iloc[0]
-        ax.set_xticks(range(len(lengths)), [str(v) for v in lengths])
+        ax.set_xticks(range(len(lengths)), [length_label(v) for v in lengths])
         ax.set_yticks(range(len(methods)), [style(m)["label"] for m in methods])
-        ax.set_xlabel("number of lines" if task == "longeval" else "input length (tokens)")
+        for label, method in zip(ax.get_yticklabels(), methods):
+            label.set_color(style(method)["color"])
+        ax.set_xlabel("number of lines (not tokens)" if task == "longeval" else "input length (tokens; k = 1024)")
         ax.set_title(f"{task} ({metric}, mean): {model}")
         paths += _save(fig, out_dir, f"heatmap_{task}_{model}")
     return paths

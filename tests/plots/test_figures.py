@@ -78,3 +78,81 @@ def test_cli_writes_index(tmp_path):
     index = (tmp_path / "figs" / "index.md").read_text()
     assert "passkey_accuracy.png" in index and "speed_memory.png" in index
     assert plots_main(["--results", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_the_same_rows_draw_byte_identical_files(tmp_path):
+    import time
+
+    first = build_all(table(), tmp_path / "a")
+    time.sleep(1.1)  # a timestamp in a file (PDF CreationDate has seconds) would differ now
+    second = build_all(table(), tmp_path / "b")
+    names = sorted(p.name for paths in first.values() for p in paths)
+    assert names == sorted(p.name for paths in second.values() for p in paths)
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_figures_are_written_next_to_their_rows(tmp_path):
+    rows = tmp_path / "my-results"
+    rows.mkdir()
+    table(tasks=("passkey",)).to_csv(rows / "all.csv", index=False)
+    assert plots_main(["--results", str(rows / "all.csv")]) == 0
+    assert (rows / "figures" / "passkey_accuracy.png").is_file()
+    assert "from `../all.csv`" in (rows / "figures" / "index.md").read_text()
+
+
+def test_wilson_interval():
+    from plots.figures import wilson
+
+    low, high = wilson([0, 2, 1, 7], [4, 2, 2, 10])
+    assert low[0] == 0 and abs(high[0] - 3.8415 / 7.8415) < 1e-4  # 0 of 4: up to 0.49, not a zero-width band
+    assert abs(low[1] - 2 / (2 + 3.8415)) < 1e-4 and high[1] == 1
+    assert abs(low[2] - 0.0945) < 1e-3 and abs(high[2] - 0.9055) < 1e-3
+    assert abs(low[3] - 0.3968) < 1e-3 and abs(high[3] - 0.8922) < 1e-3
+
+
+def _figure_of(plot, frame, tmp_path):
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real_save = plt.Figure.savefig
+
+    def grab(fig, *args, **kwargs):
+        captured.setdefault("fig", fig)
+        return real_save(fig, *args, **kwargs)
+
+    plt.Figure.savefig = grab
+    try:
+        plot(frame, tmp_path)
+    finally:
+        plt.Figure.savefig = real_save
+    return captured["fig"]
+
+
+def test_accuracy_has_wilson_bars_sample_counts_and_a_log2_length_axis(tmp_path):
+    from matplotlib.collections import PolyCollection
+    from matplotlib.container import ErrorbarContainer
+
+    fig = _figure_of(plot_passkey, table(tasks=("passkey",)), tmp_path)
+    smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
+    assert smol.get_xscale() == "log" and smol.xaxis.get_transform().base == 2
+    assert [t.get_text() for t in smol.get_xticklabels()] == ["4k", "8k", "16k"]
+    assert len([c for c in smol.containers if isinstance(c, ErrorbarContainer)]) == 3  # one per method with rows
+    assert not [c for c in smol.collections if isinstance(c, PolyCollection)]  # no +- std bands
+    counts = [t.get_text() for ax in smol.child_axes for t in ax.get_xticklabels()]
+    assert counts == ["n=3", "n=3", "n=0-3"]  # samples per method and length, above the panel (ReRoPE OOM at 16k)
+
+
+def test_every_method_has_one_style_everywhere(tmp_path):
+    from plots.figures import METHOD_STYLE, style
+
+    assert style("yarn") == style("yarn") and style("yarn")["label"] == "yarn"
+    known = {s["color"] for s in METHOD_STYLE.values()}
+    assert style("yarn")["color"] not in known and style("longrope")["color"] not in known
+    assert style("yarn")["color"] != style("longrope")["color"]  # unknown methods are told apart too
+    heatmap = _figure_of(plot_heatmaps, table(tasks=("passkey",), models=("smollm2-135m",)), tmp_path)
+    labels = heatmap.axes[0].get_yticklabels()
+    assert [(t.get_text(), t.get_color()) for t in labels] == [
+        (style(m)["label"], style(m)["color"]) for m in ("origin", "rerope", "mesa")]
+    assert len({s["color"] for s in METHOD_STYLE.values()}) == len(METHOD_STYLE)
+    assert len({s["marker"] for s in METHOD_STYLE.values()}) == len(METHOD_STYLE)
