@@ -26,13 +26,15 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from harness import REPO_ROOT  # noqa: E402
 
-METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa"]
+METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "origin (eager)"]
 METHOD_STYLE = {
     "origin": dict(color="#444444", marker="o", label="Origin"),
     "dynamic-ntk": dict(color="#1f77b4", marker="s", label="Dynamic-NTK"),
     "rerope": dict(color="#ff7f0e", marker="^", label="ReRoPE"),
     "leaky-rerope": dict(color="#2ca02c", marker="v", label="Leaky-ReRoPE"),
     "mesa": dict(color="#d62728", marker="D", label="Mesa"),
+    # Origin with transformers' eager attention (full L x L scores), the paper's baseline
+    "origin (eager)": dict(color="#999999", marker="x", label="Origin (eager attention)"),
 }
 MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
 
@@ -291,8 +293,22 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 FIGURES = {"passkey": plot_passkey, "ppl": plot_ppl, "speed": plot_speed, "longeval": plot_longeval}
 
 
+def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows run with a non-default attention implementation become a series of their own
+    ("origin (eager)"), so they are never averaged with the same method's sdpa rows."""
+    if "attn_implementation" not in frame.columns:
+        return frame
+    other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
+    if not other.any():
+        return frame
+    frame = frame.copy()
+    frame.loc[other, "method"] = frame.loc[other, "method"] + " (" + frame.loc[other, "attn_implementation"] + ")"
+    return frame
+
+
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
     """Every figure the table has data for, plus the heat maps; returns {figure name: paths}."""
+    frame = series_by_attention(frame)
     built = {name: fn(frame, out_dir) for name, fn in FIGURES.items()}
     built["heatmaps"] = plot_heatmaps(frame, out_dir) if not frame.empty else []
     return {name: paths for name, paths in built.items() if paths}
