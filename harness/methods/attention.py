@@ -87,8 +87,23 @@ def attention_with_lse(
     return _explicit_lse(query, key, value, scaling, causal, block_bytes)
 
 
+def fused_kernel_for(query: torch.Tensor) -> str | None:
+    """The fused kernel with log-sum-exp that serves ``query``'s device, dtype and head size, or None."""
+    device, dim = query.device.type, query.shape[-1]
+    if device == "cpu":
+        return "flash_cpu"
+    if device == "cuda":
+        if query.dtype in (torch.float16, torch.bfloat16) and dim <= 256 and dim % 8 == 0:
+            return "flash_cuda"
+        return "efficient_cuda"  # float32 (and head sizes flash lacks)
+    return None
+
+
 def _fused_lse(query, key, value, scaling, causal):
     """The device's fused kernel that returns the LSE, or None where there is none."""
+    kernel = fused_kernel_for(query)
+    if kernel is None:
+        return None
     b, heads, lq, dim = query.shape
     kv_heads, lk = key.shape[1], key.shape[2]
     groups = heads // kv_heads
@@ -96,23 +111,20 @@ def _fused_lse(query, key, value, scaling, causal):
     q = query.reshape(b * kv_heads, groups, lq, dim)
     k = key.reshape(b * kv_heads, 1, lk, dim).expand(-1, groups, -1, -1)
     v = value.reshape(b * kv_heads, 1, lk, dim).expand(-1, groups, -1, -1)
-    device = query.device.type
     try:
-        if device == "cpu":
+        if kernel == "flash_cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scaling)
-        elif device == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and dim <= 256 and dim % 8 == 0:
+        elif kernel == "flash_cuda":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scaling)[:2]
-        elif device == "cuda":
+        else:
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
                 q, k, v, None, True, 0.0, causal, scale=scaling)[:2]
-            lse = lse[..., :lq]  # padded to a multiple of 32 queries
-        else:
-            return None
-    except (RuntimeError, NotImplementedError) as error:  # e.g. a head size or dtype the kernel lacks
-        if device not in _warned:
-            _warned.add(device)
-            log.warning("no fused attention kernel for %s/%s (%s); using explicit kernels",
-                        device, query.dtype, str(error).splitlines()[0][:200])
+            lse = lse[..., :lq]  # some versions pad it to a multiple of 32 queries
+    except (RuntimeError, NotImplementedError) as error:  # e.g. a layout or size the kernel refuses
+        if kernel not in _warned:
+            _warned.add(kernel)
+            log.warning("no fused attention kernel for %s/%s (%s: %s); using explicit kernels",
+                        query.device.type, query.dtype, kernel, str(error).splitlines()[0][:200])
         return None
     return out.reshape(b, heads, lq, dim), lse.reshape(b, heads, lq).to(_score_dtype(query.dtype))
 
@@ -156,7 +168,7 @@ def band_attention_with_lse(
     length = query.shape[2]
     if length <= band:  # every causal pair is inside the band
         return attention_with_lse(query, key, value, scaling, causal=True, kernels=kernels, block_bytes=block_bytes)
-    if kernels == "fused" and _fused_lse(query[:, :, :1], key[:, :, :1], value[:, :, :1], scaling, False) is not None:
+    if kernels == "fused" and fused_kernel_for(query) is not None:
         return _fused_band(query, key, value, scaling, band)
     return _explicit_band(query, key, value, scaling, band, block_bytes)
 

@@ -89,3 +89,23 @@ def test_prefill_builds_no_length_squared_tensor(make, kernels):
     with LargestTensor() as spy:
         method.attend(0, q, k, v, 0.25)
     assert spy.largest < length * length / 4, spy.largest
+
+
+def test_a_missing_fused_kernel_falls_back_to_the_explicit_one(monkeypatch, caplog):
+    """Where the fused kernel refuses (here: a CUDA kernel asked to run on CPU tensors) or none
+    exists for the device, the explicit kernel gives the same numbers, with one warning."""
+    from harness.methods import attention
+
+    q, k, v = qkv(40, 40)
+    expected = attention_with_lse(q, k, v, 0.25, causal=True, kernels="explicit")
+    monkeypatch.setattr(attention, "_warned", set())
+    monkeypatch.setattr(attention, "fused_kernel_for", lambda query: "efficient_cuda")
+    with caplog.at_level("WARNING"):
+        got = attention_with_lse(q, k, v, 0.25, causal=True)
+        attention_with_lse(q, k, v, 0.25, causal=True)
+    assert sum("using explicit kernels" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(attention, "fused_kernel_for", lambda query: None)
+    band = band_attention_with_lse(q, k, v, 0.25, band=7)
+    for a, b in [(got, expected), (band, band_attention_with_lse(q, k, v, 0.25, band=7, kernels="explicit"))]:
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[1], b[1])
