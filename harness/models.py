@@ -24,6 +24,7 @@ model gets a subfolder named after it (e.g. ``~/.cache/mesa-harness/smollm2-135m
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -146,6 +147,7 @@ def limit_decode_backends(model: torch.nn.Module, backends: list[str]) -> None:
     chosen = [getattr(SDPBackend, name.upper()) for name in backends]
     forward = model.forward
 
+    @functools.wraps(forward)  # generate() reads forward's signature (e.g. for logits_to_keep)
     def forward_with_decode_backends(*args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None and ids.shape[-1] == 1:

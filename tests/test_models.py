@@ -327,3 +327,8 @@ def test_decoding_steps_run_under_the_chosen_sdpa_backends():
         loaded.model(torch.tensor([[3]]), cache=out.cache, use_cache=True)
     assert seen == [True, False]
     assert torch.backends.cuda.flash_sdp_enabled()  # restored after the step
+    # generate() decides from forward's signature whether to pass logits_to_keep (the prefill's
+    # full logits would otherwise be computed: L x vocab floats)
+    import inspect
+
+    assert "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
