@@ -39,22 +39,9 @@ def test_every_figure_builds(tmp_path):
 
 
 def test_missing_method_is_listed_and_oom_cells_marked(tmp_path):
-    import matplotlib.pyplot as plt
-
-    captured = {}
-    real_save = plt.Figure.savefig
-
-    def grab(fig, *args, **kwargs):
-        captured.setdefault("fig", fig)
-        return real_save(fig, *args, **kwargs)
-
-    plt.Figure.savefig = grab
-    try:
-        plot_passkey(table(tasks=("passkey",)), tmp_path)
-    finally:
-        plt.Figure.savefig = real_save
-    tiny = [ax for ax in captured["fig"].axes if "tiny-random" in ax.get_title()][0]
-    smol = [ax for ax in captured["fig"].axes if "smollm2" in ax.get_title()][0]
+    fig = _figure_of(plot_passkey, table(tasks=("passkey",)), tmp_path)
+    tiny = [ax for ax in fig.axes if "tiny-random" in ax.get_title()][0]
+    smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
     assert "ReRoPE (no data)" in tiny.get_legend_handles_labels()[1]
     assert any(t.get_text() == "OOM" for t in smol.texts)
     assert any("training length (8192)" in label for label in smol.get_legend_handles_labels()[1])
