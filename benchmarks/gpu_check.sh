@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, as one script (< 8 minutes on one H100), run from a copy of the repository:
+# The GPU check, as one script (~4-8 minutes on one H100; each step capped), run from a copy of the repository:
 #   (a) every method's logits on the device vs the CPU, fp32, prefill and cached decoding
 #       (benchmarks/device_parity.py -> $OUT_DIR/parity.csv);
 #   (b) the speed task on the random-weight LLaMA2-7B shape in fp16 at 4k..64k for all five methods
@@ -26,6 +26,9 @@ EAGER_LENGTHS=${GPU_CHECK_EAGER_LENGTHS:-[4096,8192,16384]}
 PARITY_MODEL=${GPU_CHECK_PARITY_MODEL:-llama-30m-random}
 PARITY_LENGTH=${GPU_CHECK_PARITY_LENGTH:-6144}
 OUT_DIR=${GPU_CHECK_OUT:-results/gpu-h100}
+# Each step is cut off after this many seconds (rows already written stay), so the whole check
+# ends within the device's 10-minute command limit even if one method is far slower than expected.
+JOB_TIMEOUT=${GPU_CHECK_JOB_TIMEOUT:-80}
 WHEELS=${GPU_CHECK_WHEELS:-benchmarks/wheels}
 
 if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
@@ -38,15 +41,19 @@ status=0
 started=$SECONDS
 
 echo "== (a) logits on $DEVICE vs cpu"
-python3 benchmarks/device_parity.py --device "$DEVICE" --model "$PARITY_MODEL" --length "$PARITY_LENGTH" \
-  --out "$OUT_DIR/parity.csv" || status=1
+timeout "$JOB_TIMEOUT" python3 benchmarks/device_parity.py --device "$DEVICE" --model "$PARITY_MODEL" \
+  --length "$PARITY_LENGTH" --out "$OUT_DIR/parity.csv" || status=1
 echo "   $((SECONDS - started)) s"
 
 echo "== (b) speed: $MODEL $DTYPE on $DEVICE, lengths $LENGTHS"
 COMMON=(model="$MODEL" model.random_weights=true device="$DEVICE" dtype="$DTYPE" task=speed task.decode_steps=16
         task.repeats=2 results_dir="$OUT_DIR")
-python3 -m harness -m "${COMMON[@]}" method=origin,dynamic-ntk,mesa,rerope,leaky-rerope "task.lengths=$LENGTHS" || status=1
-python3 -m harness "${COMMON[@]}" method=origin model.attn_implementation=eager "task.lengths=$EAGER_LENGTHS"
+for method in origin dynamic-ntk mesa rerope leaky-rerope; do  # one job each, lengths ascending
+  timeout "$JOB_TIMEOUT" python3 -m harness "${COMMON[@]}" method=$method "task.lengths=$LENGTHS" || status=1
+  echo "   $method: $((SECONDS - started)) s"
+done
+timeout "$JOB_TIMEOUT" python3 -m harness "${COMMON[@]}" method=origin model.attn_implementation=eager \
+  "task.lengths=$EAGER_LENGTHS"
 [ $? -le 1 ] || status=1  # 1: some lengths failed (out of memory is expected for eager), rows say which
 echo "   $((SECONDS - started)) s"
 
