@@ -42,7 +42,9 @@ corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (De
 clean:
 	rm -f $(STAMP)
 
-FIGURES_FROM ?= results/cpu-smollm2
-figures: $(STAMP)  ## every figure from the committed CPU reproduction (or FIGURES_FROM=dir) -> $(FIGURES_FROM)/figures/
-	$(PYTHON) -m harness.collect --results $(FIGURES_FROM)
-	$(PYTHON) -m plots --results $(FIGURES_FROM)/all.csv
+# The committed reproductions: the CPU one, and the GPU check's rows once they exist.
+FIGURES_FROM ?= $(wildcard results/cpu-smollm2 results/gpu-h100)
+figures: $(STAMP)  ## every figure of the committed reproductions (or FIGURES_FROM=dir) -> <dir>/figures/
+	@for dir in $(FIGURES_FROM); do \
+		$(PYTHON) -m harness.collect --results $$dir && $(PYTHON) -m plots --results $$dir/all.csv || exit 1; \
+	done
