@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.job import check_job, method_settings, results_path
 from harness.results import ResultsFile
 
 GIB = 2**30
@@ -172,8 +173,6 @@ def new_tokens_of(task_cfg: dict) -> int:
 
 def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one job (no weights, tokenizer or corpus is loaded)."""
-    from harness.runner import check_job, method_settings, results_path
-
     lengths, samples = check_job(cfg)
     path, _ = results_path(cfg)
     done = ResultsFile(path, []).done()
