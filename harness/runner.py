@@ -76,12 +76,12 @@ def run_job(cfg: DictConfig) -> JobSummary:
         log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
 
-    from harness.methods import apply_method  # imported only once there is work (bad input is refused faster)
+    from harness.methods import apply_method, method_from_config  # imported only once there is work
     from harness.models import load_model
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    method_name, params = method_settings(cfg.method)
-    model = apply_method(loaded.model, method_name, **params)
+    method_name, params = method_settings(cfg.method)  # as configured (train_length null: the model's)
+    model = apply_method(loaded.model, method_from_config(cfg.method, loaded.train_length))
     task_params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
     task_params["lengths"] = lengths
     try:
