@@ -17,6 +17,7 @@ The class states, once:
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from torch import nn
@@ -37,7 +38,7 @@ CACHED_DECODING = ("exact", "approximate")
 METHODS: dict[str, type[Method]] = {}
 
 
-class Method:
+class Method(ABC):
     """A position-encoding method, with all its settings, for a model trained at ``train_length`` tokens."""
 
     name: ClassVar[str]
@@ -77,9 +78,9 @@ class Method:
         params = inspect.signature(cls.__init__).parameters
         return {k: p.default for k, p in params.items() if k != "self"}
 
+    @abstractmethod
     def attach(self, model: nn.Module) -> None:
         """Change ``model`` in place into this method; set ``model._harness_undo`` to restore it."""
-        raise NotImplementedError(f"method {self.name!r} does not say how it changes a model")
 
     def prefill_attention_bytes(self, shape, length: int, dtype_bytes: int, attn_implementation: str) -> int:
         """Transient memory (bytes) of one layer's attention during a prefill of ``length`` tokens,
