@@ -26,15 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa"]
-
 
 def method_params(name: str) -> dict:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml"))
-    cfg.pop("name")
-    return cfg
+    from harness.job import method_settings
+
+    return method_settings(OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml"))[1]
 
 
 def run_cell(model_name: str, method: str, length: int, decode_steps: int, device: str, seed: int) -> dict:
@@ -75,14 +73,18 @@ def spawn_cell(args, method: str, length: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report(rows: list[dict], lengths: list[int], methods: list[str]) -> str:
+def report(rows: list[dict], lengths: list[int], methods: list[str], baseline: str) -> str:
+    """A markdown table of every cell, with ratios to the ``baseline`` method's cell of the same length."""
+    from harness.methods import METHODS
+
     by = {(r["method"], r["length"]): r for r in rows}
+    x_base = f"x {METHODS[baseline].label}"
     lines = [
-        "| method | length | prefill s | x Origin | peak MB | x Origin | decode ms/token | x Origin |",
+        f"| method | length | prefill s | {x_base} | peak MB | {x_base} | decode ms/token | {x_base} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for length in lengths:
-        origin = by.get(("origin", length), {})
+        origin = by.get((baseline, length), {})
         for method in methods:
             r = by.get((method, length))
             if r is None:
@@ -110,9 +112,12 @@ def report(rows: list[dict], lengths: list[int], methods: list[str]) -> str:
 
 
 def main() -> None:
+    from harness.methods import method_names
+
+    methods = method_names()  # every method, in the methods' own order (the unchanged model first)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llama-30m-random", help="a config name in conf/model/")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384])
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--device", default="cpu")
@@ -144,7 +149,7 @@ def main() -> None:
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     print()
-    print(report(rows, args.lengths, args.methods))
+    print(report(rows, args.lengths, args.methods, baseline=method_names()[0]))  # ordered first: the unchanged model
 
 
 if __name__ == "__main__":

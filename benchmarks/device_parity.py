@@ -28,14 +28,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def build(model_name: str, method: str, implementation: str, device: str):
     from omegaconf import OmegaConf
 
+    from harness.job import method_settings
     from harness.methods import apply_method
     from harness.models import load_model
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"))
     cfg["attn_implementation"] = implementation
     loaded = load_model(cfg, device=device, dtype="float32")
-    params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml"))
-    params.pop("name")
+    params = method_settings(OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml"))[1]
     specialised = ROOT / "conf" / "model_method" / f"{model_name}_{method}.yaml"
     if specialised.is_file():  # the per-model settings the harness itself would use
         params.update(OmegaConf.to_container(OmegaConf.load(specialised)))  # "# @package method": the params
@@ -62,14 +62,15 @@ def run(model, ids, steps: int, tokens=None):
 
 
 def main() -> int:
-    from harness.methods import METHODS
+    from harness.methods import method_names
 
+    methods = method_names()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="llama-30m-random", help="a random-weight config in conf/model/")
     parser.add_argument("--length", type=int, default=6144, help="prompt tokens (past the training length)")
     parser.add_argument("--decode-steps", type=int, default=4)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--implementations", nargs="+", default=["sdpa", "eager"])
     parser.add_argument("--atol", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu-h100" / "parity.csv")

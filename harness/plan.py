@@ -9,8 +9,8 @@ one sample. The estimate is arithmetic on the model's architecture (from ``model
 
 * weights: the parameter count of a LLaMA-style decoder times the dtype's bytes;
 * prefill working set: one layer's transient tensors (hidden states, q/k/v, MLP activations),
-  the method's attention scratch, and the logits the task builds;
-* decode extras: rotated key copies the weave methods keep while decoding.
+  the method's attention scratch (``Method.prefill_attention_bytes``), and the logits the task builds;
+* decode extras: the key copies the method keeps while decoding (``Method.decode_key_copies``).
 
 It is an estimate: allocator overheads, fragmentation and framework buffers are not modelled.
 docs/reproduction.md compares it with measured peaks.
@@ -21,17 +21,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from harness.job import check_job, results_path
 from harness.results import ResultsFile
+
+if TYPE_CHECKING:
+    from harness.methods import Method
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-# Rotated key copies (each the size of one layer's K cache) a method keeps per layer while decoding.
-# ReRoPE: the near-rotated keys (its far rule uses the un-rotated keys); Leaky-ReRoPE: near and
-# far; Mesa: the stair-rotated keys.
-DECODE_KEY_COPIES = {"rerope": 1, "leaky-rerope": 2, "mesa": 1}
 
 
 @dataclass
@@ -66,9 +68,10 @@ class Shape:
 
 @dataclass
 class CellPlan:
-    length: int
+    length: int  # in the task's length_unit
     samples: int
     done: int
+    prompt_tokens: int  # of one sample's input (an estimate where length is not in tokens)
     new_tokens: int
     memory: dict[str, float] = field(default_factory=dict)  # GiB per part, and "total"
 
@@ -78,7 +81,7 @@ class CellPlan:
 
     @property
     def tokens_to_run(self) -> int:
-        return self.to_run * (self.length + self.new_tokens)
+        return self.to_run * (self.prompt_tokens + self.new_tokens)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class JobPlan:
     path: Path
     cells: list[CellPlan]
     shape_source: str  # where the architecture came from, or why there is no estimate
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
     @property
     def to_run(self) -> int:
@@ -119,36 +123,10 @@ def model_shape(model_cfg: dict) -> tuple[Shape | None, str]:
     return None, "no architecture known without loading the model (set model.architecture or model.local_path)"
 
 
-def attention_scratch_bytes(method: str, params: dict, shape: Shape, length: int, dtype_bytes: int,
-                            attn_implementation: str = "sdpa") -> int:
-    """Transient attention memory of one layer's prefill, beyond q/k/v (see harness/methods/attention.py)."""
-    per_token = shape.heads * shape.head_dim * dtype_bytes  # one (L, H, D) tensor per token
-    kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
-    blocks = 2 * int(params.get("block_bytes", 64 * 2**20))  # explicit kernels: scores of one query block
-    if method in ("rerope", "leaky-rerope"):
-        # near-rotated q/k, far-rotated q (and k for Leaky), the band's blocked (padded, flipped)
-        # copies of q/k/v, two partial outputs and the merged one
-        copies = DECODE_KEY_COPIES[method]
-        fused = 5 * length * per_token + (2 + copies) * length * kv_per_token
-        return fused + (blocks if attn_implementation == "eager" else 0)
-    if method == "mesa":
-        # stair-rotated keys, stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)), the last chunk's two parts
-        return length * kv_per_token + 4 * length * per_token + (blocks if attn_implementation == "eager" else 0)
-    if attn_implementation == "eager":  # the full (H, L, L) scores and their softmax, in the model's dtype
-        return 2 * shape.heads * length * length * dtype_bytes
-    # stock SDPA (origin, dynamic-ntk): K/V repeated to all heads for GQA, and the output
-    return 3 * length * per_token
-
-
-def logits_bytes(task_cfg: dict, shape: Shape) -> int:
-    if task_cfg.get("name", "").startswith("ppl"):
-        return 2 * int(task_cfg.get("score_chunk", 1024)) * shape.vocab * 4  # logits + log-softmax, float32
-    return shape.vocab * 4  # generation and speed keep the last position only
-
-
-def estimate_memory(shape: Shape, method: str, params: dict, task_cfg: dict, length: int, new_tokens: int,
-                    dtype: str, attn_implementation: str = "sdpa") -> dict[str, float]:
-    """Estimated peak memory (GiB) of one sample, by part."""
+def estimate_memory(shape: Shape, method: Method, length: int, new_tokens: int, logits_positions: int, dtype: str,
+                    attn_implementation: str = "sdpa") -> dict[str, float]:
+    """Estimated peak memory (GiB) of one sample of ``length`` input tokens and ``new_tokens``
+    generated ones, by part; the task holds ``logits_positions`` positions' logits at once."""
     b = DTYPE_BYTES.get(dtype, 4)
     tokens = length + new_tokens
     kv_layer = 2 * tokens * shape.kv_heads * shape.head_dim * b
@@ -156,39 +134,43 @@ def estimate_memory(shape: Shape, method: str, params: dict, task_cfg: dict, len
         3 * length * shape.hidden * b  # residual stream, normed input, layer output
         + length * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * b  # q, k, v
         + max(3 * length * shape.intermediate * b,  # MLP: gate, up, their product
-              attention_scratch_bytes(method, params, shape, length, b, attn_implementation))
-        + logits_bytes(task_cfg, shape)
+              method.prefill_attention_bytes(shape, length, b, attn_implementation))
+        + logits_positions * shape.vocab * 4  # float32 logits
     )
-    decode_extra = DECODE_KEY_COPIES.get(method, 0) * shape.layers * kv_layer // 2 if new_tokens else 0
+    decode_extra = method.decode_key_copies * shape.layers * kv_layer // 2 if new_tokens else 0
     parts = dict(weights=shape.parameters * b, kv_cache=shape.layers * kv_layer, work=max(layer_prefill, decode_extra))
     out = {k: v / GIB for k, v in parts.items()}
     out["total"] = sum(out.values())
     return out
 
 
-def new_tokens_of(task_cfg: dict) -> int:
-    return int(task_cfg.get("max_new_tokens") or task_cfg.get("decode_steps") or 0)
-
-
 def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one job (no weights, tokenizer or corpus is loaded)."""
-    from harness.runner import check_job, method_settings, results_path
+    from harness.methods import method_from_config
 
     lengths, samples = check_job(cfg)
     path, _ = results_path(cfg)
     done = ResultsFile(path, []).done()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    method, params = method_settings(cfg.method)
+    task_params = OmegaConf.to_container(cfg.task, resolve=True)
+    task = get_class(task_params["_target_"])  # its facts are class methods: nothing is built
+    train_length = model_cfg.get("train_length") or (model_cfg.get("architecture") or {}).get("max_position_embeddings")
+    method = method_from_config(cfg.method, train_length)  # checks the method's settings too
     shape, source = model_shape(model_cfg)
-    new_tokens = new_tokens_of(task_cfg)
+    new_tokens = task.generated_tokens(task_params)
     cells = []
     for length in lengths:
         n_done = sum((length, i) in done for i in range(samples))
-        memory = estimate_memory(shape, method, params, task_cfg, length, new_tokens, cfg.dtype,
+        tokens = task.prompt_tokens(length, task_params)
+        memory = estimate_memory(shape, method, tokens, new_tokens, task.logits_positions(task_params), cfg.dtype,
                                  model_cfg.get("attn_implementation") or "sdpa") if shape else {}
-        cells.append(CellPlan(length, samples, n_done, new_tokens, memory))
-    return JobPlan(f"model={cfg.model.name} method={method} task={cfg.task.name}", path, cells, source)
+        cells.append(CellPlan(length, samples, n_done, tokens, new_tokens, memory))
+    notes = []
+    if task.length_unit != "tokens":
+        first = cells[0]
+        notes.append(f"length counts {task.length_unit}, not tokens; tokens and memory use the task's estimate of an "
+                     f"input's tokens ({first.prompt_tokens:,} for {first.length} {task.length_unit})")
+    return JobPlan(f"model={cfg.model.name} method={method.name} task={cfg.task.name}", path, cells, source, notes)
 
 
 def format_plan(plan: JobPlan) -> str:
@@ -202,4 +184,5 @@ def format_plan(plan: JobPlan) -> str:
         lines.append(f"  {c.length:>8} {c.samples:>7} {c.done:>5} {c.to_run:>6} {c.tokens_to_run:>14,} {memory}")
     if not any(c.memory for c in plan.cells):
         lines.append(f"  memory: {plan.shape_source}")
+    lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)

@@ -44,16 +44,36 @@ COMMON_COLUMNS = [
     "timestamp",
 ]
 STATUSES = ("ok", "oom", "error")
-# Columns that legitimately differ between two runs of the same sweep: wall-clock and measured
-# speed/memory. Everything else in a row is a pure function of the config (tests check this).
-TIMING_COLUMNS = ("seconds", "timestamp", "prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb",
-                  "baseline_mb", "decode_peak_mb")
-TIMED_METRICS = ("prefill_s",)  # tasks whose score is itself a timing
+# Common columns that differ between two runs of the same sweep (wall-clock); each task states its
+# own measured columns (``Task.timing_columns``). Everything else in a row is a pure function of
+# the config (tests check this).
+COMMON_TIMING_COLUMNS = ("seconds", "timestamp")
+COMMON_TEXT_COLUMNS = ("input_hash", "config_hash")  # hex strings that may look like numbers
 ROW_KEY = ["model", "method", "task", "config_hash", "length", "sample"]
 # Claims are POSIX record locks on single bytes of the job's .lock file: byte 0 is the writers'
 # mutex, byte _CLAIMS_START + length * _MAX_SAMPLES + sample claims one sample.
 _CLAIMS_START = 1
 _MAX_SAMPLES = 1 << 24
+
+
+def timing_columns() -> list[str]:
+    """Every column that is measured rather than computed: the common ones and every task's."""
+    from tasks import TASKS
+
+    measured = list(COMMON_TIMING_COLUMNS)
+    for task in TASKS.values():
+        measured += [c for c in task.timing_columns if c not in measured]
+    return measured
+
+
+def text_columns() -> dict[str, type]:
+    """Columns read back as text: the common hashes and every task's ``str`` columns."""
+    from tasks import TASKS
+
+    text = {column: str for column in COMMON_TEXT_COLUMNS}
+    for task in TASKS.values():
+        text.update({column: str for column, kind in task.columns.items() if kind is str})
+    return text
 
 
 def config_hash(payload: dict) -> str:
@@ -85,7 +105,7 @@ class ResultsFile:
             text = self.path.read_text(encoding="utf-8")
             if not text.endswith("\n"):  # a torn last line (killed mid-write) is not a row; it is cut on the next write
                 text = text[: text.rfind("\n") + 1]
-            frame = pd.read_csv(io.StringIO(text), dtype={"input_hash": str, "config_hash": str, "answer": str})
+            frame = pd.read_csv(io.StringIO(text), dtype=text_columns())
         except OSError as error:
             raise HarnessError(f"results file {self.path} cannot be read ({error.strerror or error})") from None
         except Exception as error:  # noqa: BLE001 - undecodable bytes or any parse failure mean the same to the user
@@ -228,10 +248,12 @@ def _not_writable(folder: Path, error: OSError) -> HarnessError:
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows without their timing columns, in a canonical order: two runs of one sweep give equal frames."""
-    frame = frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
+    """The rows without their timing columns, in a canonical order: two runs of one sweep give equal frames.
+    A score that is itself a measurement (a task whose metric is one of its timing columns) is blanked."""
+    measured = timing_columns()
+    frame = frame.drop(columns=[c for c in measured if c in frame.columns])
     if "metric" in frame.columns:
-        frame = frame.assign(score=frame["score"].where(~frame["metric"].isin(TIMED_METRICS)))
+        frame = frame.assign(score=frame["score"].where(~frame["metric"].isin(measured)))
     return frame.sort_values(ROW_KEY).reset_index(drop=True)
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import REPO_ROOT
-from harness.devices import check_device
 from harness.errors import HarnessError
-from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, config_hash, input_hash
+from harness.job import check_job, method_settings, results_path
+from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, input_hash
 
 log = logging.getLogger(__name__)
 
@@ -41,83 +41,6 @@ class JobSummary:
     @property
     def failed(self) -> int:
         return self.counts["oom"] + self.counts["error"]
-
-
-def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
-    """(name, parameters) for ``apply_method`` from a ``conf/method`` node."""
-    params = OmegaConf.to_container(method_cfg, resolve=True)
-    return params.pop("name"), params
-
-
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-def check_lengths(lengths) -> list[int]:
-    """The task's lengths as a list of positive integers (a single integer is one length); duplicates dropped."""
-    if isinstance(lengths, (ListConfig, DictConfig)):
-        lengths = OmegaConf.to_container(lengths, resolve=True)
-    if not isinstance(lengths, (list, tuple)):
-        lengths = [lengths]  # task.lengths=512 means [512]
-    if not lengths:
-        raise HarnessError("task.lengths is empty: give at least one length, e.g. task.lengths=[1024,2048]")
-    out = []
-    for value in lengths:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise HarnessError(f"task.lengths must be positive integers, got {value!r}; e.g. task.lengths=[1024,2048]")
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def check_job(cfg: DictConfig) -> tuple[list[int], int]:
-    """Everything about a job that can be checked without loading anything: (lengths, samples).
-
-    ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work."""
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HarnessError(f"seed must be an integer, got {seed!r}")
-    if cfg.get("dtype") not in DTYPES:
-        raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
-    check_device(cfg.device)
-    lengths = check_lengths(cfg.task.get("lengths"))
-    samples = cfg.task.get("samples")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
-    return lengths, samples
-
-
-def original_cwd() -> Path:
-    """Where the command was started: Hydra's original working directory, else the current one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path.cwd()
-
-
-def results_root(cfg: DictConfig) -> Path:
-    """``results_dir`` as an absolute path; a relative one is relative to where the command was started."""
-    root = Path(str(cfg.results_dir)).expanduser()
-    return (root if root.is_absolute() else original_cwd() / root).absolute()
-
-
-def results_path(cfg: DictConfig) -> tuple[Path, str]:
-    """Where this job's rows go. The hash covers everything that changes a row's numbers, except
-    the lengths and sample counts, so extending a sweep appends to the same file."""
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    task.pop("lengths", None)
-    task.pop("samples", None)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
-        model.pop(where, None)
-    model.pop("decode_sdpa_backends", None)  # which fused kernel runs a decoding step: speed only
-    if model.get("attn_implementation", "sdpa") == "sdpa":
-        # the default, and what every row before this key existed used: their files stay resumable
-        model.pop("attn_implementation", None)
-    payload = dict(model=model, method=OmegaConf.to_container(cfg.method, resolve=True), task=task,
-                   seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
-    digest = config_hash(payload)
-    return results_root(cfg) / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest
 
 
 def _git_rev() -> str:
@@ -153,12 +76,12 @@ def run_job(cfg: DictConfig) -> JobSummary:
         log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
 
-    from harness.methods import apply_method  # imported only once there is work (bad input is refused faster)
+    from harness.methods import apply_method, method_from_config  # imported only once there is work
     from harness.models import load_model
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    method_name, params = method_settings(cfg.method)
-    model = apply_method(loaded.model, method_name, **params)
+    method_name, params = method_settings(cfg.method)  # as configured (train_length null: the model's)
+    model = apply_method(loaded.model, method_from_config(cfg.method, loaded.train_length))
     task_params = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items() if k != "name"}
     task_params["lengths"] = lengths
     try:

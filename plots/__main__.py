@@ -15,27 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from plots.figures import build_all
+from plots.figures import build_all, captions
 
-CAPTIONS = {
-    "passkey": "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "
-               "Wilson intervals; n above the panel = samples per method and length; dashed line = the model's "
-               "training length; x = a length where every sample failed (OOM/ERR).",
-    "ppl": "Mean NLL per token vs input length (paper Figure 4), log2 length axis; band = +- one std over documents; "
-           "n above the panel = documents per point; dashed line = training length.",
-    "speed": "Peak memory during prefill (bars), prefill time (lines) and per-token decode time vs length (Figure 5), "
-             "log2 length axis.",
-    "longeval": "LongEval line-retrieval accuracy vs number of lines (paper Figure 7; lines, not tokens); error bars = "
-                "95% Wilson intervals; n above the panel = samples per point.",
-    "heatmaps": "Method x length mean score per task and model; grey n/a = no row, OOM/ERROR = only failures.",
-}
+HEATMAPS_CAPTION = "Method x length mean score per task and model; grey n/a = no row, OOM/ERROR = only failures."
 
 
 def write_index(built: dict[str, list[Path]], out_dir: Path, source: Path) -> Path:
     where = Path(os.path.relpath(Path(source).resolve(), Path(out_dir).resolve())).as_posix()
     lines = ["# Figures", "", f"Drawn by `python -m plots` (`make figures`) from `{where}`.", ""]
+    caption = captions() | {"heatmaps": HEATMAPS_CAPTION}
     for name, paths in built.items():
-        lines += [f"## {name}", "", CAPTIONS.get(name, ""), ""]
+        lines += [f"## {name}", "", caption.get(name, ""), ""]
         lines += [f"![{p.stem}]({p.name})" for p in paths if p.suffix == ".png"]
         lines.append("")
     index = out_dir / "index.md"

@@ -1,12 +1,14 @@
 """The paper's figures, drawn from the tidy results table (``results/all.csv``).
 
-Each ``plot_*`` function takes the whole table, draws whatever models, methods and lengths it
-contains, and returns the written paths (PNG and PDF) or [] when the table has no row for it.
-Every method has one colour and marker in every figure (a method this module does not know gets
-one from its name, the same everywhere); a method with no row for a model is still listed in that
-panel's legend as "no data", and failed cells are marked, never dropped silently. Lengths double
-in every sweep, so length axes are log2. Accuracies carry 95% Wilson intervals, and every point's
-number of samples is written above the panel. Files carry no timestamps: the same rows give
+Which figures there are is up to the tasks (``Task.figures``, drawn by the function for the
+figure's ``kind``), and how each method looks is up to the method (``Method.label``, ``color``,
+``marker``, ``order``): this module names neither. Each ``plot_*`` function takes the whole
+table, draws whatever models, methods and lengths it contains, and returns the written paths
+(PNG and PDF) or [] when the table has no row for it. A method with no class in this checkout
+gets a colour and marker from its name, the same everywhere; a method with no row for a model
+is still listed in that panel's legend as "no data", and failed cells are marked, never dropped
+silently. Lengths double in every sweep, so length axes are log2. Accuracies carry 95% Wilson
+intervals, and every point's number of samples is written above the panel. Files carry no timestamps: the same rows give
 byte-identical files, so redrawing leaves ``git status`` clean.
 """
 
@@ -25,18 +27,15 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from harness import REPO_ROOT  # noqa: E402
+from harness.methods import METHODS  # noqa: E402
+from tasks import task_class  # noqa: E402
+from tasks.base import Figure  # noqa: E402
 
-METHODS = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "origin (eager)"]
-METHOD_STYLE = {
-    "origin": dict(color="#444444", marker="o", label="Origin"),
-    "dynamic-ntk": dict(color="#1f77b4", marker="s", label="Dynamic-NTK"),
-    "rerope": dict(color="#ff7f0e", marker="^", label="ReRoPE"),
-    "leaky-rerope": dict(color="#2ca02c", marker="v", label="Leaky-ReRoPE"),
-    "mesa": dict(color="#d62728", marker="D", label="Mesa"),
-    # Origin with transformers' eager attention (full L x L scores), the paper's baseline
-    "origin (eager)": dict(color="#999999", marker="x", label="Origin (eager attention)"),
-}
 MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
+# A series of rows run with another attention implementation than the default (sdpa), e.g.
+# "<method> (eager)": its method's colour mixed with this much white, and this marker.
+VARIANT_WHITE = 0.45
+VARIANT_MARKER = "x"
 
 
 _EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -46,13 +45,36 @@ SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creat
 Z95 = 1.959963984540054
 
 
-def style(method: str) -> dict:
-    """The method's colour, marker and label; an unknown method's come from a hash of its name."""
-    if method in METHOD_STYLE:
-        return METHOD_STYLE[method]
-    digest = hashlib.sha1(method.encode()).digest()
-    return dict(color=_EXTRA_COLORS[digest[0] % len(_EXTRA_COLORS)],
-                marker=_EXTRA_MARKERS[digest[1] % len(_EXTRA_MARKERS)], label=method)
+def split_series(series: str) -> tuple[str, str | None]:
+    """"<method> (eager)" -> ("<method>", "eager"); "<method>" -> ("<method>", None) (see series_by_attention)."""
+    method, _, variant = series.partition(" (")
+    return (method, variant[:-1]) if variant.endswith(")") else (series, None)
+
+
+def style(series: str) -> dict:
+    """The series' colour, marker and label, from its method's class; a method without a class in
+    this checkout gets them from a hash of its name."""
+    method, variant = split_series(series)
+    cls = METHODS.get(method)
+    if cls is None:
+        digest = hashlib.sha1(series.encode()).digest()
+        return dict(color=_EXTRA_COLORS[digest[0] % len(_EXTRA_COLORS)],
+                    marker=_EXTRA_MARKERS[digest[1] % len(_EXTRA_MARKERS)], label=series)
+    if variant is None:
+        return dict(color=cls.color, marker=cls.marker, label=cls.label)
+    rgb = matplotlib.colors.to_rgb(cls.color)
+    lighter = matplotlib.colors.to_hex([c + (1 - c) * VARIANT_WHITE for c in rgb])
+    return dict(color=lighter, marker=VARIANT_MARKER, label=f"{cls.label} ({variant} attention)")
+
+
+def series_order(series: str) -> tuple:
+    """Legends and tables list the methods in their own ``order``, then their variant series, then
+    methods without a class, by name."""
+    method, variant = split_series(series)
+    cls = METHODS.get(method)
+    if cls is None:
+        return (2, 0, series)
+    return (0 if variant is None else 1, cls.order, series)
 
 
 def wilson(successes, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +115,19 @@ def samples_axis(ax, counts: dict[int, list[int]], log2: bool = True) -> None:
 
 
 def methods_in(frame: pd.DataFrame) -> list[str]:
-    present = list(frame["method"].unique())
-    return [m for m in METHODS if m in present] + sorted(m for m in present if m not in METHODS)
+    return sorted(frame["method"].unique(), key=series_order)
+
+
+def length_unit(task: str) -> str:
+    """What the task's ``length`` counts (tokens for a task without a class in this checkout)."""
+    cls = task_class(task)
+    return cls.length_unit if cls is not None else "tokens"
+
+
+def length_axis_label(task: str) -> str:
+    """"input length (tokens; k = 1024)", or e.g. "number of lines (not tokens)" for a task that counts lines."""
+    unit = length_unit(task)
+    return "input length (tokens; k = 1024)" if unit == "tokens" else f"number of {unit} (not tokens)"
 
 
 def train_length(model: str) -> int | None:
@@ -123,12 +156,14 @@ def _mark_training_length(ax, model: str) -> None:
         ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"training length ({t})")
 
 
-def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, out_dir: Path, name: str,
-                      xlabel: str = "input length (tokens; k = 1024)", band: str = "std", ylim=None) -> list[Path]:
+def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
     """One panel per model: per method and length the mean score with its interval, failed cells marked.
 
-    band="wilson": scores are 0/1 successes; error bars are 95% Wilson intervals. band="std": a
-    shaded band of +- one standard deviation over samples."""
+    Figure kind "accuracy": scores are 0/1 successes; error bars are 95% Wilson intervals.
+    "mean_std": a shaded band of +- one standard deviation over samples."""
+    band = "wilson" if figure.kind == "accuracy" else "std"
+    ylim = (-0.05, 1.05) if figure.kind == "accuracy" else None
+    title, ylabel, xlabel = figure.title, figure.ylabel, length_axis_label(task)
     rows = frame[frame["task"] == task]
     if rows.empty:
         return []
@@ -170,8 +205,8 @@ def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, o
                 ax.scatter([length * shift], [y], marker="x", s=60, color=st["color"], clip_on=False, zorder=5)
                 ax.annotate(status.upper(), (length * shift, y), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=7, color=st["color"])
-        if x_line := task_xline(task):
-            x_line(ax, model)
+        if length_unit(task) == "tokens":  # a length in lines cannot be compared with a training length
+            _mark_training_length(ax, model)
         log2_length_axis(ax, sub["length"], xlabel)
         samples_axis(ax, counts)
         ax.set_title(f"{title}: {model}")
@@ -180,36 +215,14 @@ def _metric_vs_length(frame: pd.DataFrame, task: str, ylabel: str, title: str, o
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    return _save(fig, out_dir, name)
+    return _save(fig, out_dir, figure.file)
 
 
-def task_xline(task: str):
-    return _mark_training_length if task in ("passkey", "ppl", "speed") else None
-
-
-def plot_passkey(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Paper Figure 3: passkey accuracy vs input length, with 95% Wilson intervals."""
-    return _metric_vs_length(frame, "passkey", "accuracy (95% Wilson interval)", "Passkey retrieval", out_dir,
-                             "passkey_accuracy", band="wilson", ylim=(-0.05, 1.05))
-
-
-def plot_ppl(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Paper Figure 4: NLL (nats per token) vs input length."""
-    return _metric_vs_length(frame, "ppl", "NLL (nats/token, mean +- std over documents)", "Perplexity", out_dir,
-                             "ppl_nll")
-
-
-def plot_longeval(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Paper Figure 7: LongEval line-retrieval accuracy vs number of lines."""
-    return _metric_vs_length(frame, "longeval", "accuracy (95% Wilson interval)", "LongEval lines", out_dir,
-                             "longeval_accuracy", xlabel="number of lines (not tokens)", band="wilson",
-                             ylim=(-0.05, 1.05))
-
-
-def plot_speed(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Paper Figure 5: peak memory (bars) and prefill latency (lines) vs length; decode in a second row."""
-    rows = frame[(frame["task"] == "speed") & (frame["status"] == "ok")]
-    everything = frame[frame["task"] == "speed"]
+def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
+    """Paper Figure 5: peak memory (bars, ``peak_mb``) and prefill latency (lines, ``prefill_s``) vs
+    length; decode latency (``decode_ms_per_token``) in a second row."""
+    rows = frame[(frame["task"] == task) & (frame["status"] == "ok")]
+    everything = frame[frame["task"] == task]
     if everything.empty:
         return []
     models = sorted(everything["model"].unique())
@@ -246,13 +259,13 @@ def plot_speed(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax_mem.set_ylabel("peak memory during prefill (GiB, bars)")
         ax_time.set_ylabel("prefill time (s, lines)")
         ax_dec.set_ylabel("decode time (ms per token)")
-        ax_mem.set_title(f"Memory and prefill latency: {model}")
+        ax_mem.set_title(f"{figure.title}: {model}")
         ax_dec.set_title(f"Decode latency: {model}")
         handles = ax_mem.get_legend_handles_labels()[0] + ax_time.get_legend_handles_labels()[0]
         labels = ax_mem.get_legend_handles_labels()[1] + ax_time.get_legend_handles_labels()[1]
         ax_mem.legend(handles, labels, fontsize=6, ncol=2, loc="upper left", framealpha=0.8)
         ax_dec.legend(fontsize=7, loc="upper left", framealpha=0.8)
-    return _save(fig, out_dir, "speed_memory")
+    return _save(fig, out_dir, figure.file)
 
 
 def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -284,18 +297,34 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_yticks(range(len(methods)), [style(m)["label"] for m in methods])
         for label, method in zip(ax.get_yticklabels(), methods):
             label.set_color(style(method)["color"])
-        ax.set_xlabel("number of lines (not tokens)" if task == "longeval" else "input length (tokens; k = 1024)")
+        ax.set_xlabel(length_axis_label(task))
         ax.set_title(f"{task} ({metric}, mean): {model}")
         paths += _save(fig, out_dir, f"heatmap_{task}_{model}")
     return paths
 
 
-FIGURES = {"passkey": plot_passkey, "ppl": plot_ppl, "speed": plot_speed, "longeval": plot_longeval}
+# Figure.kind -> the function that draws it
+PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
+         "memory_and_latency": plot_memory_and_latency}
+
+
+def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
+    """Every figure task ``task`` states (none for a task without a class in this checkout)."""
+    cls = task_class(task)
+    figures = cls.figures if cls is not None else ()
+    return [path for figure in figures for path in PLOTS[figure.kind](frame, task, figure, out_dir)]
+
+
+def captions() -> dict[str, str]:
+    """{task name: the captions of its figures}, for the figures' index page."""
+    from tasks import TASKS
+
+    return {name: " ".join(f.caption for f in cls.figures) for name, cls in TASKS.items() if cls.figures}
 
 
 def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows run with a non-default attention implementation become a series of their own
-    ("origin (eager)"), so they are never averaged with the same method's sdpa rows."""
+    ("<method> (eager)"), so they are never averaged with the same method's sdpa rows."""
     if "attn_implementation" not in frame.columns:
         return frame
     other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
@@ -307,8 +336,8 @@ def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
-    """Every figure the table has data for, plus the heat maps; returns {figure name: paths}."""
+    """Every figure the table has data for, plus the heat maps; returns {task name or "heatmaps": paths}."""
     frame = series_by_attention(frame)
-    built = {name: fn(frame, out_dir) for name, fn in FIGURES.items()}
+    built = {task: plot_task(frame, task, out_dir) for task in sorted(frame["task"].unique())}
     built["heatmaps"] = plot_heatmaps(frame, out_dir) if not frame.empty else []
     return {name: paths for name, paths in built.items() if paths}

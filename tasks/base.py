@@ -9,13 +9,21 @@ plus the loaded model's tokenizer and prompt template, and then answers two ques
 * ``evaluate(model, task_input)`` -> dict: run the (method-applied) model on that input and return
   at least ``score`` (a float; the task's ``metric``), plus any task-specific columns.
 
-Adding a task is one module with one such class, plus one config file.
+The class also states the facts the rest of the harness reads without building it: what its
+``length`` counts (``length_unit``) and, for plan mode, the tokens such an input has
+(:meth:`prompt_tokens`), the tokens it generates (:meth:`generated_tokens`) and the logits it
+holds (:meth:`logits_positions`); its own columns with their types (``columns``), of which the
+measured ones (``timing_columns``); and its figures (``figures``).
+
+Adding a task is one module with one such class, plus one config file (``_target_`` names the
+class). Defining a subclass that sets ``name`` registers it in :data:`TASKS`, and importing the
+``tasks`` package imports every module in it, so no other file lists task names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,11 +38,70 @@ class TaskInput:
         return len(self.input_ids)
 
 
+# name -> class of every task defined so far; ``import tasks`` defines the built-in ones.
+TASKS: dict[str, type[Task]] = {}
+LENGTH_UNITS = ("tokens", "lines")
+FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of a task's rows versus length, drawn by ``plots.figures`` (one panel per model).
+
+    ``kind``: "accuracy" (the mean of 0/1 scores with 95% Wilson intervals), "mean_std" (the mean
+    score with a band of +- one standard deviation), or "memory_and_latency" (the columns
+    ``peak_mb``, ``prefill_s`` and ``decode_ms_per_token`` as bars and lines). Length axes in
+    tokens also mark the model's training length."""
+
+    file: str  # file name without suffix, e.g. "passkey_accuracy"
+    kind: str
+    title: str
+    ylabel: str = ""
+    caption: str = ""  # for the figures' index page
+
+
 class Task:
     name = "task"
     metric = "score"  # what ``score`` means, written to each row (e.g. "accuracy", "nll")
-    columns: tuple[str, ...] = ()  # the task's own row columns: keys of TaskInput.info and of evaluate()'s dict
+    length_unit: ClassVar[str] = "tokens"  # what ``length`` counts: "tokens" or "lines"
+    # The task's own row columns (keys of TaskInput.info and of evaluate()'s dict) and their types;
+    # a ``str`` column is read back as text (an answer "0042" stays "0042").
+    columns: ClassVar[dict[str, type]] = {}
+    # Of those, the ones measured rather than computed: they differ between two runs of a sweep.
+    timing_columns: ClassVar[tuple[str, ...]] = ()
+    figures: ClassVar[tuple[Figure, ...]] = ()
     needs_tokenizer = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return
+        if cls.length_unit not in LENGTH_UNITS:
+            raise TypeError(f"task {cls.name!r}: length_unit must be one of {LENGTH_UNITS}, got {cls.length_unit!r}")
+        if not set(cls.timing_columns) <= set(cls.columns):
+            raise TypeError(f"task {cls.name!r}: timing_columns must be among its columns")
+        if any(figure.kind not in FIGURE_KINDS for figure in cls.figures):
+            raise TypeError(f"task {cls.name!r}: a figure's kind must be one of {FIGURE_KINDS}")
+        other = TASKS.get(cls.name)
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"two task classes are named {cls.name!r}: {other.__qualname__} and {cls.__qualname__}")
+        TASKS[cls.name] = cls
+
+    # -- facts for plan mode: computed from the task's config (``params``), without building it --
+    @classmethod
+    def prompt_tokens(cls, length: int, params: dict) -> int:
+        """Tokens of an input of ``length`` (in ``length_unit``); exact for lengths in tokens."""
+        return length
+
+    @classmethod
+    def generated_tokens(cls, params: dict) -> int:
+        """Tokens each sample runs through the cached decoder after its prompt, at most."""
+        return 0
+
+    @classmethod
+    def logits_positions(cls, params: dict) -> int:
+        """Positions whose full-vocabulary logits (float32) the task holds at once."""
+        return 1
 
     def __init__(self, lengths, samples: int, tokenizer=None, prompt_template: str = "raw", seed: int = 0,
                  train_length: int | None = None, vocab_size: int | None = None, **params):

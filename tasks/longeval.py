@@ -27,7 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from tasks.base import Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, greedy_generate
 from tasks.prompts import format_prompt
 
 # Reference wording (LongChat longeval/utils.py, generate_lines_testcases).
@@ -43,6 +43,11 @@ LINE = "line {name}: REGISTER_CONTENT is <{number}>\n"  # the angle brackets aro
 # The reference puts "\n" before this sentence; format_prompt's "{text}\n{question}" supplies it.
 QUESTION = "Now the record is over. Tell me what is the <REGISTER_CONTENT> in line {name}? I need the number."
 MIN_NUMBER, MAX_NUMBER = 1, 50000  # random.randint(1, 50000) in the reference
+# Plan mode's estimate of a prompt's tokens per line (it loads no tokenizer). LongChat's LLaMA
+# figures: 200 lines ~ 4.8k tokens, 680 lines ~ 15.9k (the preamble and question included); the
+# prompt of 1024 lines measured ~21k SmolLM2 tokens (~20.5 per line). A byte tokenizer counts
+# ~47 per line (each line is ~47 characters): plan mode underestimates those models.
+TOKENS_PER_LINE = 24
 
 # Stand-ins for wonderwords' adjective and noun lists (see the module docstring).
 ADJECTIVES = """
@@ -133,11 +138,24 @@ class LongEvalTask(Task):
 
     name = "longeval"
     metric = "accuracy"
-    columns = ("expected", "line", "depth", "answer")
+    length_unit = "lines"
+    columns = {"expected": int, "line": int, "depth": float, "answer": str}
+    figures = (Figure("longeval_accuracy", "accuracy", "LongEval lines", "accuracy (95% Wilson interval)",
+                      "LongEval line-retrieval accuracy vs number of lines (paper Figure 7; lines, not tokens); error "
+                      "bars = 95% Wilson intervals; n above the panel = samples per point."),)
 
     def __init__(self, *args, max_new_tokens: int = 100, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_new_tokens = int(max_new_tokens)
+
+    @classmethod
+    def prompt_tokens(cls, length: int, params: dict) -> int:
+        """An estimate: ``length`` lines at LongChat's ~24 LLaMA tokens per line (see TOKENS_PER_LINE)."""
+        return TOKENS_PER_LINE * length
+
+    @classmethod
+    def generated_tokens(cls, params: dict) -> int:
+        return int(params["max_new_tokens"])
 
     def build_input(self, length: int, index: int) -> TaskInput:
         sample = make_sample(self.tokenizer, self.prompt_template, length, self.seed, index)

@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from tasks.base import Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, greedy_generate
 from tasks.prompts import format_prompt
 
 TASK_DESCRIPTION = (
@@ -79,11 +79,19 @@ class PasskeyTask(Task):
 
     name = "passkey"
     metric = "accuracy"
-    columns = ("key", "depth", "answer")
+    columns = {"key": int, "depth": float, "answer": str}
+    figures = (Figure("passkey_accuracy", "accuracy", "Passkey retrieval", "accuracy (95% Wilson interval)",
+                      "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "
+                      "Wilson intervals; n above the panel = samples per method and length; dashed line = the model's "
+                      "training length; x = a length where every sample failed (OOM/ERR)."),)
 
     def __init__(self, *args, max_new_tokens: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_new_tokens = int(max_new_tokens)
+
+    @classmethod
+    def generated_tokens(cls, params: dict) -> int:
+        return int(params["max_new_tokens"])
 
     def build_input(self, length: int, index: int) -> TaskInput:
         sample = make_sample(self.tokenizer, self.prompt_template, length, self.seed, index)

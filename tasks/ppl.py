@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from tasks.base import Task, TaskInput
+from tasks.base import Figure, Task, TaskInput
 from tasks.corpora import corpus_label, iter_documents
 
 BOS_CHOICES = ("auto", True, False)
@@ -36,6 +36,16 @@ BOS_CHOICES = ("auto", True, False)
 class PplTask(Task):
     name = "ppl"
     metric = "nll"
+    # and nll_q1..nll_qK (floats), K = ``buckets``: see __init__
+    columns = {"doc_id": str, "offset": int, "bos": bool, "ppl": float, "scored_tokens": int}
+    figures = (Figure("ppl_nll", "mean_std", "Perplexity", "NLL (nats/token, mean +- std over documents)",
+                      "Mean NLL per token vs input length (paper Figure 4), log2 length axis; band = +- one std over "
+                      "documents; n above the panel = documents per point; dashed line = training length."),)
+
+    @classmethod
+    def logits_positions(cls, params: dict) -> int:
+        """``score_chunk`` positions' logits and their log-softmax."""
+        return 2 * int(params["score_chunk"])
 
     def __init__(self, *args, corpus: dict, score_chunk: int = 1024, buckets: int = 4, bos: str | bool = "auto",
                  **kwargs):
@@ -49,7 +59,7 @@ class PplTask(Task):
             raise HarnessError(f"task.score_chunk must be a positive integer, got {score_chunk!r}")
         if self.buckets < 1:
             raise HarnessError(f"task.buckets must be a positive integer, got {buckets!r}")
-        self.columns = ("doc_id", "offset", "bos", "ppl", "scored_tokens", *(f"nll_q{i + 1}" for i in range(self.buckets)))
+        self.columns = {**PplTask.columns, **{f"nll_q{i + 1}": float for i in range(self.buckets)}}
         if bos not in BOS_CHOICES:
             raise HarnessError(f"task.bos must be auto, true or false, got {bos!r}")
         self.bos_id = self._bos_id(bos)

@@ -18,14 +18,19 @@ import statistics
 import torch
 
 from harness.measure import measure
-from tasks.base import Task, TaskInput
+from tasks.base import Figure, Task, TaskInput
 
 
 class SpeedTask(Task):
     name = "speed"
     metric = "prefill_s"
-    columns = ("prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb", "baseline_mb", "decode_peak_mb",
-               "repeats")
+    columns = {"prefill_s": float, "prefill_tokens_per_s": float, "decode_ms_per_token": float, "peak_mb": float,
+               "baseline_mb": float, "decode_peak_mb": float, "repeats": int}
+    timing_columns = ("prefill_s", "prefill_tokens_per_s", "decode_ms_per_token", "peak_mb", "baseline_mb",
+                      "decode_peak_mb")
+    figures = (Figure("speed_memory", "memory_and_latency", "Memory and prefill latency",
+                      caption="Peak memory during prefill (bars), prefill time (lines) and per-token decode time vs "
+                              "length (Figure 5), log2 length axis."),)
     needs_tokenizer = False
 
     def __init__(self, *args, repeats: int = 1, decode_steps: int = 8, warmup_tokens: int = 128, **kwargs):
@@ -34,6 +39,10 @@ class SpeedTask(Task):
             raise ValueError("the speed task needs the model's vocab_size")
         self.repeats, self.decode_steps, self.warmup_tokens = int(repeats), int(decode_steps), int(warmup_tokens)
         self._warm = False
+
+    @classmethod
+    def generated_tokens(cls, params: dict) -> int:
+        return int(params["decode_steps"])
 
     def build_input(self, length: int, index: int) -> TaskInput:
         rng = random.Random(f"speed/{self.seed}/{length}/{index}")

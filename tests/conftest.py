@@ -9,11 +9,17 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-TRAIN_LENGTH = 128
+from harness.methods import METHODS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TRAIN_LENGTH = 128  # the tiny-random model's (conf/model/tiny-random.yaml)
 
 ARCHITECTURES = {
     "llama": dict(model_type="llama"),
@@ -48,16 +54,14 @@ def random_ids(length: int, seed: int = 1, vocab: int = 256) -> torch.Tensor:
     return torch.randint(0, vocab, (1, length), generator=generator)
 
 
-# Mesa's default chunk sizes are for T = 2048+; these fit the tiny models' T = 128.
-TINY_MESA = dict(first_chunk=8, last_chunk=16, stair_width=4, reserve_new_tokens=4, first_chunk_cache=8,
-                 min_remainder=8, stair_position=24)
-TINY_PARAMS = {
-    "origin": {},
-    "dynamic-ntk": dict(factor=2.0),
-    "rerope": dict(window=32),
-    "leaky-rerope": dict(window=32, leaky_k=4),
-    "mesa": TINY_MESA,
-}
+def tiny_params(method: str) -> dict:
+    """A method's settings for models trained at 128 tokens: conf/model_method/tiny-random_<method>.yaml
+    (the tiny-random model's), or none. A new method states them there, not here."""
+    path = CONF / "model_method" / f"tiny-random_{method}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+
+
+TINY_PARAMS = {method: tiny_params(method) for method in METHODS}
 
 
 @pytest.fixture(params=list(ARCHITECTURES))

@@ -15,7 +15,8 @@ from harness.devices import check_device
 from harness.errors import HarnessError
 from harness.plan import plan_job
 from harness.results import ResultsFile
-from harness.runner import check_lengths, run_job
+from harness.job import check_lengths
+from harness.runner import run_job
 from harness.summary import print_job_summary
 from tests.test_runner import config
 
@@ -110,7 +111,7 @@ GOOD_HEADER = b"model,method,task,length,sample,status,score\n"
 ], ids=["non-utf8-byte", "binary", "length-abc", "length-300.5", "sample-missing"])
 def test_a_corrupted_results_file_is_one_line_and_left_alone(tmp_path, content):
     cfg = config(tmp_path, "method=origin")
-    from harness.runner import results_path
+    from harness.job import results_path
 
     path = results_path(cfg)[0]
     path.parent.mkdir(parents=True)

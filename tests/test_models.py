@@ -283,7 +283,7 @@ def test_device_map_on_random_weights_and_bad_values():
 
 def test_device_map_does_not_change_where_results_go(tmp_path):
     from tests.test_runner import config
-    from harness.runner import results_path
+    from harness.job import results_path
 
     plain = results_path(config(tmp_path, "method=origin"))
     mapped = results_path(config(tmp_path, "method=origin", "+model.device_map=auto", "+model.max_memory={cpu: 8GiB}"))

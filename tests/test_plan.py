@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from harness.methods.method import build_method
 from harness.plan import Shape, estimate_memory, plan_job
 from harness.runner import run_job
 from tests.test_runner import config
@@ -31,16 +32,17 @@ def test_llama2_7b_shape_from_its_model_config():
 
 def test_memory_estimate_parts():
     shape = Shape(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, intermediate=11008, tied=False)
-    one = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 4096, 0, "float16")
-    two = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 8192, 0, "float16")
+    origin = build_method("origin", 4096)
+    one = estimate_memory(shape, origin, 4096, 0, 1, "float16")
+    two = estimate_memory(shape, origin, 8192, 0, 1, "float16")
     assert one["weights"] == pytest.approx(6_738_415_616 * 2 / 2**30)
     assert one["kv_cache"] == pytest.approx(2 * 32 * 32 * 128 * 4096 * 2 / 2**30)  # 2 GiB at 4k
     assert two["kv_cache"] == pytest.approx(2 * one["kv_cache"])
     assert one["total"] == pytest.approx(one["weights"] + one["kv_cache"] + one["work"])
-    fp32 = estimate_memory(shape, "origin", {}, {"name": "passkey"}, 4096, 0, "float32")
+    fp32 = estimate_memory(shape, origin, 4096, 0, 1, "float32")
     assert fp32["weights"] == pytest.approx(2 * one["weights"])
     # the weave methods keep rotated key copies while decoding; Origin does not
-    decoding = {m: estimate_memory(shape, m, {}, {"name": "passkey"}, 16384, 8, "float16")["work"] for m in
+    decoding = {m: estimate_memory(shape, build_method(m, 4096), 16384, 8, 1, "float16")["work"] for m in
                 ("origin", "mesa", "rerope", "leaky-rerope")}
     assert decoding["origin"] < decoding["mesa"] == decoding["rerope"] < decoding["leaky-rerope"]
     assert decoding["leaky-rerope"] == pytest.approx(2 * decoding["mesa"])  # two rotated copies of K vs one
@@ -68,3 +70,22 @@ def test_plan_on_the_command_line_runs_nothing(tmp_path):
     assert "plan: 2 jobs, 8 samples to run (0 already done), 2,864 tokens; nothing was run" in done.stdout
     assert "est. peak GiB" in done.stdout
     assert not list(tmp_path.iterdir())  # no rows, and no sweep folder: a plan writes nothing
+
+
+def test_plan_counts_longeval_lines_as_tokens(tmp_path):
+    """LongEval's length counts lines: 200 lines are ~4.8k LLaMA tokens (LongChat's figure), not 200
+    tokens, and the KV cache of LLaMA2-7B for them is GiBs, not 0.29 GiB."""
+    from hydra import compose, initialize_config_dir
+
+    from harness.plan import format_plan
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=llama2-7b", "task=longeval", "task.lengths=[200]", "task.samples=1",
+                                           f"results_dir={tmp_path}"])
+    plan = plan_job(cfg)
+    cell = plan.cells[0]
+    assert (cell.length, cell.prompt_tokens, cell.new_tokens) == (200, 24 * 200, 100)
+    assert plan.tokens_to_run == 4800 + 100
+    # fp32 K and V of 32 layers x 4096 channels for every token
+    assert cell.memory["kv_cache"] == pytest.approx(2 * 32 * 4096 * 4 * 4900 / 2**30)  # 4.79 GiB
+    assert "length counts lines, not tokens" in format_plan(plan)

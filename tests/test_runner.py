@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-import harness.runner as runner
 from harness.errors import HarnessError
+from harness.job import results_path
 from harness.results import COMMON_COLUMNS, ResultsFile, collect
 from harness.runner import run_job
 
@@ -73,7 +73,7 @@ def test_a_crash_loses_at_most_the_sample_in_flight(tmp_path, monkeypatch):
     cfg = config(tmp_path, "method=rerope")
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg)
-    path = runner.results_path(cfg)[0]
+    path = results_path(cfg)[0]
     assert len(ResultsFile(path, []).read()) == 2
     monkeypatch.undo()
     summary = run_job(cfg)
@@ -129,7 +129,7 @@ def test_a_length_the_task_cannot_build_is_refused_before_any_compute(tmp_path):
 
 def test_a_corrupted_results_file_is_reported_and_left_alone(tmp_path):
     cfg = config(tmp_path, "method=origin")
-    path = runner.results_path(cfg)[0]
+    path = results_path(cfg)[0]
     path.parent.mkdir(parents=True)
     path.write_text("this is,not\na results file\n")
     with pytest.raises(HarnessError, match="corrupted"):
@@ -219,8 +219,6 @@ def test_speed_task_rows(tmp_path):
 
 
 def test_attn_implementation_is_recorded_and_separates_results(tmp_path):
-    from harness.runner import results_path
-
     sdpa = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1"))
     eager = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1",
                            "model.attn_implementation=eager"))
@@ -239,8 +237,6 @@ def test_attn_implementation_is_recorded_and_separates_results(tmp_path):
 ])
 def test_the_committed_reproduction_stays_resumable(experiment, method, committed):
     """A config key added later must not move the committed rows' files (a hash change would recompute hours)."""
-    from harness.runner import results_path
-
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={experiment}", f"method={method}"])
     path, _ = results_path(cfg)

@@ -1,76 +1,65 @@
-"""The five extrapolation methods, applied in place to a loaded Hugging Face causal LM.
+"""Extrapolation methods, applied in place to a loaded Hugging Face causal LM.
 
     from harness.methods import apply_method
     apply_method(model, "mesa", stair_width=20)   # returns the same model
     model.generate(...)                           # prefill + KV-cached decoding keep working
 
-Names: origin, dynamic-ntk, rerope, leaky-rerope, mesa. ``train_length`` defaults to the model's
-training length (``model.harness_train_length`` set by ``harness.models``, else the config's
-``max_position_embeddings``). Applying a method to a model that already has one first restores
-the original model, so methods never stack.
+A method is one module in this package plus one config, ``conf/method/<name>.yaml``:
+
+* the module defines a subclass of :class:`~harness.methods.method.Method` that sets ``name`` and
+  states the method's label, colour, parameters (its ``__init__``), memory needs and what it
+  supports; defining the class registers it in :data:`METHODS`;
+* importing this package imports every module in it (``pkgutil``), so every method here is
+  registered without a list of names anywhere: plan mode, figures, results and the benchmark ask
+  the registry;
+* the config names the class in ``_target_`` and lists its parameters with their defaults; the
+  runner and plan mode build the method from it (:func:`method_from_config`), like tasks.
+
+``train_length`` defaults to the model's training length (``model.harness_train_length`` set by
+``harness.models``, else the config's ``max_position_embeddings``). Applying a method to a model
+that already has one first restores the original model, so methods never stack.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import importlib
+import pkgutil
 
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.methods.base import attach_weave, check_supported
-from harness.methods.dynamic_ntk import attach_dynamic_ntk
-from harness.methods.mesa import Mesa, mesa_chunk_plan, stair_positions
-from harness.methods.rerope import ReRoPE
+from harness.methods.mesa import mesa_chunk_plan, stair_positions
+from harness.methods.method import METHODS, Method, build_method, method_class, method_names
 
-
-def _origin(model: nn.Module, train_length: int) -> None:
-    """Unchanged RoPE: the stock model, untouched."""
-
-
-def _dynamic_ntk(model: nn.Module, train_length: int, factor: float = 2.0) -> None:
-    attach_dynamic_ntk(model, train_length, factor)
-
-
-def _rerope(model: nn.Module, train_length: int, window: int = 512, logn: bool = True, block_bytes: int = 64 * 2**20) -> None:
-    check_supported(model, "rerope")
-    attach_weave(model, ReRoPE(train_length, window=window, leaky_k=None, logn=logn, block_bytes=block_bytes))
-
-
-def _leaky_rerope(
-    model: nn.Module, train_length: int, window: int = 512, leaky_k: float | str = 16, logn: bool = True,
-    block_bytes: int = 64 * 2**20,
-) -> None:
-    check_supported(model, "leaky-rerope")
-    attach_weave(model, ReRoPE(train_length, window=window, leaky_k=leaky_k, logn=logn, block_bytes=block_bytes))
-
-
-def _mesa(model: nn.Module, train_length: int, **params) -> None:
-    check_supported(model, "mesa")
-    attach_weave(model, Mesa(train_length, **params))
-
-
-# Mesa's parameters are those of the Mesa class, so the config and the API cannot drift apart.
-_mesa.__signature__ = inspect.Signature(
-    [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + list(inspect.signature(Mesa.__init__).parameters.values())[1:]
-)
-
-METHODS: dict[str, Callable[..., None]] = {
-    "origin": _origin,
-    "dynamic-ntk": _dynamic_ntk,
-    "rerope": _rerope,
-    "leaky-rerope": _leaky_rerope,
-    "mesa": _mesa,
-}
+for _module in pkgutil.iter_modules(__path__):  # each method module registers its class
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def method_parameters(name: str) -> dict[str, object]:
-    """The parameters a method accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
-    if name not in METHODS:
-        raise HarnessError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    params = inspect.signature(METHODS[name]).parameters
-    return {k: p.default for k, p in params.items() if k != "model"}
+    """The parameters method ``name`` accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
+    return method_class(name).parameters()
+
+
+def method_from_config(method_cfg: DictConfig | dict, default_train_length: int | None) -> Method:
+    """The method a ``conf/method`` node describes: its ``_target_`` class with its parameters.
+    ``default_train_length`` (the model's) is used where the config's ``train_length`` is null."""
+    from harness.job import method_settings
+
+    if not isinstance(method_cfg, DictConfig):
+        method_cfg = OmegaConf.create(method_cfg)
+    name, params = method_settings(method_cfg)
+    target = method_cfg.get("_target_")
+    if not target:
+        raise HarnessError(f"method config {name!r} has no _target_ (the class of the method)")
+    try:
+        cls = get_class(target)  # imports the class's module, which registers the method
+    except Exception as error:  # noqa: BLE001 - Hydra reports a bad path in several exception types
+        raise HarnessError(f"method {name!r}: cannot import _target_ {target!r} ({str(error).splitlines()[0]})") from None
+    if getattr(cls, "name", None) != name or METHODS.get(name) is not cls:
+        raise HarnessError(f"method config {name!r} names class {target!r}, which is not the method {name!r}")
+    return build_method(name, default_train_length, **params)
 
 
 def remove_method(model: nn.Module) -> nn.Module:
@@ -79,25 +68,25 @@ def remove_method(model: nn.Module) -> nn.Module:
     if undo is not None:
         undo()
         del model._harness_undo
-    model.harness_method_name = "origin"
+    model.harness_method_name = None  # the stock model again
     return model
 
 
-def apply_method(model: nn.Module, name: str, **params) -> nn.Module:
-    """Turn ``model`` into method ``name`` in place and return it. ``None`` values mean "default"."""
-    accepted = method_parameters(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise HarnessError(
-            f"unknown parameter(s) {', '.join(unknown)} for method {name!r}; accepted: {', '.join(accepted)}"
-        )
-    params = {k: v for k, v in params.items() if v is not None}
-    if params.get("train_length") is None:
-        params["train_length"] = getattr(model, "harness_train_length", None) or model.config.max_position_embeddings
+def apply_method(model: nn.Module, method: str | Method, **params) -> nn.Module:
+    """Turn ``model`` into ``method`` in place and return it.
+
+    ``method`` is a name (then ``params`` are its parameters; ``None`` values mean "default") or
+    a :class:`Method` already built (e.g. by :func:`method_from_config`)."""
+    if isinstance(method, str):
+        default_train_length = getattr(model, "harness_train_length", None) or model.config.max_position_embeddings
+        method = build_method(method, default_train_length, **params)
+    elif params:
+        raise HarnessError(f"apply_method got a built method {method.name!r} and parameters {sorted(params)}")
     remove_method(model)
-    METHODS[name](model, **params)
-    model.harness_method_name = name
+    method.attach(model)
+    model.harness_method_name = method.name
     return model
 
 
-__all__ = ["METHODS", "apply_method", "method_parameters", "remove_method", "mesa_chunk_plan", "stair_positions"]
+__all__ = ["METHODS", "Method", "apply_method", "method_from_config", "method_names", "method_parameters",
+           "remove_method", "mesa_chunk_plan", "stair_positions"]

@@ -26,16 +26,11 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 
 from harness.errors import HarnessError, UnsupportedModelError
+from harness.methods.method import Method, decoder_of
 from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
 
 ATTENTION_NAME = "harness_weave"
 
-# Architectures whose attention modules apply RoPE through the model-level rotary module and call
-# the registered attention function with (module, q, k, v, mask, scaling=...). Others may work but
-# are refused until a parity test covers them.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
-# RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
-STATIC_ROPE_TYPES = ("default", "linear", "llama3")
 # The model's attention implementation (as loaded) decides which kernels a weave method uses.
 KERNELS_OF_IMPLEMENTATION = {"sdpa": "fused", "eager": "explicit"}
 # Room for this many more keys is allocated whenever a rotated-key buffer grows.
@@ -60,19 +55,17 @@ class IdentityRotary(nn.Module):
         return torch.ones(shape, dtype=x.dtype, device=x.device), torch.zeros(shape, dtype=x.dtype, device=x.device)
 
 
-class WeaveMethod:
+class WeaveMethod(Method):
     """Base class of the methods that choose q/k positions inside attention.
 
     Subclasses implement :meth:`attend`. Per-call information arrives through :meth:`begin_forward`
     (called once per model forward, before any layer runs).
     """
 
-    name = "weave"
+    sliding_window = False  # a weave method attends over every cached key; a sliding window drops old ones
 
     def __init__(self, train_length: int):
-        if not isinstance(train_length, int) or train_length <= 0:
-            raise HarnessError(f"train_length must be a positive integer, got {train_length!r}")
-        self.train_length = train_length
+        super().__init__(train_length)
         self.inv_freq: torch.Tensor | None = None
         self.attention_scaling = 1.0
         self.state: dict[str, Any] = {}
@@ -80,6 +73,11 @@ class WeaveMethod:
         # attach_weave from the model's attn_implementation (sdpa -> fused, eager -> explicit).
         self.kernels = "fused"
         self.shared: dict[tuple, Any] = {}
+
+    def attach(self, model: nn.Module) -> None:
+        """Identity rotary module, the weave attention function and the per-sequence hook (module docstring)."""
+        self.check_model(model)
+        attach_weave(model, self)
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self, rotary: nn.Module) -> None:
@@ -188,47 +186,6 @@ def _no_mask(*args, **kwargs):
 
 AttentionInterface.register(ATTENTION_NAME, _weave_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
-
-
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder stack (``model.model`` for *ForCausalLM) that owns ``rotary_emb`` and ``layers``."""
-    decoder = getattr(model, "model", model)
-    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
-        raise UnsupportedModelError(
-            f"model type {model.config.model_type!r} has no model-level rotary module; "
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    return decoder
-
-
-def check_supported(model: nn.Module, method_name: str) -> nn.Module:
-    """Refuse, with a clear message, models the method cannot handle. Returns the decoder."""
-    config = model.config
-    model_type = getattr(config, "model_type", type(model).__name__)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"method {method_name!r} does not support model type {model_type!r}; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    decoder = decoder_of(model)
-    rotary = decoder.rotary_emb
-    rotary = getattr(rotary, "original", rotary)
-    rope_type = getattr(rotary, "rope_type", "default")
-    if rope_type not in STATIC_ROPE_TYPES:
-        raise UnsupportedModelError(
-            f"method {method_name!r} cannot be applied to model type {model_type!r} with rope_type {rope_type!r}: "
-            f"its frequencies depend on the input length; supported rope types: {', '.join(STATIC_ROPE_TYPES)}"
-        )
-    layer_types = getattr(config, "layer_types", None) or []
-    uses_sliding = "sliding_attention" in layer_types or (
-        model_type == "mistral" and getattr(config, "sliding_window", None) is not None
-    )
-    if uses_sliding and method_name not in ("origin", "dynamic-ntk"):
-        raise UnsupportedModelError(
-            f"method {method_name!r} does not support sliding-window attention (model type {model_type!r}); "
-            "set the config's sliding_window to null for a full-attention model"
-        )
-    return decoder
 
 
 def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError, UnsupportedModelError
-from harness.methods.base import check_supported, decoder_of
+from harness.methods.method import Method
 from harness.methods.rope import rope_cos_sin
 
 
@@ -49,20 +49,37 @@ class DynamicNTKRotary(nn.Module):
         return cos.view(*position_ids.shape, -1), sin.view(*position_ids.shape, -1)
 
 
-def attach_dynamic_ntk(model: nn.Module, train_length: int, factor: float = 2.0) -> None:
-    """Install Dynamic-NTK on ``model`` in place (only the rotary module changes)."""
-    if not factor or factor < 1:
-        raise HarnessError(f"dynamic-ntk factor must be >= 1, got {factor!r}")
-    decoder = check_supported(model, "dynamic-ntk")
-    original = decoder_of(model).rotary_emb
-    if getattr(original, "rope_type", "default") != "default":
-        raise UnsupportedModelError(
-            f"method 'dynamic-ntk' needs plain RoPE; model type {model.config.model_type!r} uses rope_type {original.rope_type!r}"
-        )
-    base = float(model.config.rope_parameters["rope_theta"])
-    decoder.rotary_emb = DynamicNTKRotary(original, base, train_length, float(factor))
+class DynamicNTK(Method):
+    """Dynamic-NTK with ``factor`` (the paper gives none; 2.0 is transformers' usual choice).
 
-    def undo() -> None:
-        decoder.rotary_emb = original
+    Cached decoding is approximate: cached keys keep the base they were rotated with (see above)."""
 
-    model._harness_undo = undo
+    name = "dynamic-ntk"
+    label = "Dynamic-NTK"
+    color = "#1f77b4"
+    marker = "s"
+    order = 10
+    sliding_window = True  # only the rotary module changes; attention is the model's own
+    cached_decoding = "approximate"
+
+    def __init__(self, train_length: int, factor: float = 2.0):
+        super().__init__(train_length)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+            raise HarnessError(f"dynamic-ntk factor must be >= 1, got {factor!r}")
+        self.factor = float(factor)
+
+    def attach(self, model: nn.Module) -> None:
+        """Install Dynamic-NTK on ``model`` in place (only the rotary module changes)."""
+        decoder = self.check_model(model)
+        original = decoder.rotary_emb
+        if getattr(original, "rope_type", "default") != "default":
+            raise UnsupportedModelError(
+                f"method 'dynamic-ntk' needs plain RoPE; model type {model.config.model_type!r} uses rope_type {original.rope_type!r}"
+            )
+        base = float(model.config.rope_parameters["rope_theta"])
+        decoder.rotary_emb = DynamicNTKRotary(original, base, self.train_length, self.factor)
+
+        def undo() -> None:
+            decoder.rotary_emb = original
+
+        model._harness_undo = undo

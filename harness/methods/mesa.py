@@ -119,7 +119,18 @@ def stair_positions(kv_length: int, chunk_width: int, stair_width: int, train_le
 
 
 class Mesa(WeaveMethod):
+    """Mesa-Extrapolation with the released code's defaults (see the module docstring).
+
+    Cached decoding is approximate: a prefill is cut into chunks by its length, while decoding keeps
+    the prompt's chunk plan and attends over the whole cache with Stair PE, as the released code does."""
+
     name = "mesa"
+    label = "Mesa"
+    color = "#d62728"
+    marker = "D"
+    order = 40
+    cached_decoding = "approximate"
+    decode_key_copies = 1  # the stair-rotated keys
 
     def __init__(
         self,
@@ -153,6 +164,13 @@ class Mesa(WeaveMethod):
         self.stair_position = stair_position
         self.logn = logn
         self.block_bytes = block_bytes
+
+    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
+        """Stair-rotated keys, the stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)) and the last
+        chunk's two parts; explicit kernels add the scores of one query block and their softmax."""
+        per_token = shape.heads * shape.head_dim * dtype_bytes
+        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+        return length * kv_per_token + 4 * length * per_token + (2 * self.block_bytes if attn_implementation == "eager" else 0)
 
     def plan(self, input_length: int) -> ChunkPlan:
         return mesa_chunk_plan(input_length, **self.plan_params)

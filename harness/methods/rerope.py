@@ -30,28 +30,34 @@ from harness.methods.base import WeaveMethod
 
 
 class ReRoPE(WeaveMethod):
-    """ReRoPE (``leaky_k=None``) or Leaky-ReRoPE (``leaky_k`` a number > 1, or "auto")."""
+    """ReRoPE: every distance of ``window`` or more is seen as ``window`` (optional log-n query scaling)."""
 
-    def __init__(
-        self,
-        train_length: int,
-        window: int = 512,
-        leaky_k: float | str | None = None,
-        logn: bool = True,
-        block_bytes: int = DEFAULT_BLOCK_BYTES,
-    ):
+    name = "rerope"
+    label = "ReRoPE"
+    color = "#ff7f0e"
+    marker = "^"
+    order = 20
+    # While decoding it keeps the near-rotated keys; its far rule uses the un-rotated keys.
+    decode_key_copies = 1
+    leaky_k: float | str | None = None  # no leak: 1/k = 0 (Leaky-ReRoPE sets a k)
+
+    def __init__(self, train_length: int, window: int = 512, logn: bool = True,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
         if not isinstance(window, int) or window <= 0:
             raise HarnessError(f"window must be a positive integer, got {window!r}")
-        if leaky_k is not None and leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
-            raise HarnessError(f"leaky_k must be a number >= 1 or 'auto', got {leaky_k!r}")
-        if leaky_k == "auto" and window >= train_length:
-            raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, train_length={train_length}")
-        self.name = "rerope" if leaky_k is None else "leaky-rerope"
         self.window = window
-        self.leaky_k = leaky_k
         self.logn = logn
         self.block_bytes = block_bytes
+
+    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
+        """Near-rotated q/k, far-rotated q (and k for Leaky), the band's blocked (padded, flipped)
+        copies of q/k/v, two partial outputs and the merged one; explicit kernels add the scores
+        of one query block (``block_bytes``) and their softmax."""
+        per_token = shape.heads * shape.head_dim * dtype_bytes
+        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+        fused = 5 * length * per_token + (2 + self.decode_key_copies) * length * kv_per_token
+        return fused + (2 * self.block_bytes if attn_implementation == "eager" else 0)
 
     def inverse_k(self, length: int) -> float:
         """1/k for a sequence of ``length`` tokens (0 for ReRoPE: every far distance maps to w)."""
@@ -109,3 +115,24 @@ class ReRoPE(WeaveMethod):
             near_query, near_key, [far_query], [far_key], value, lk - lq, band=w, scaling=scaling,
             block_bytes=self.block_bytes,
         )
+
+
+class LeakyReRoPE(ReRoPE):
+    """Leaky-ReRoPE: distances beyond ``window`` grow by 1/``leaky_k`` per token instead of stopping;
+    ``leaky_k: auto`` is the paper's per-input k (the farthest token lands at the training length)."""
+
+    name = "leaky-rerope"
+    label = "Leaky-ReRoPE"
+    color = "#2ca02c"
+    marker = "v"
+    order = 30
+    decode_key_copies = 2  # near- and far-rotated keys
+
+    def __init__(self, train_length: int, window: int = 512, leaky_k: float | str = 16, logn: bool = True,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES):
+        super().__init__(train_length, window=window, logn=logn, block_bytes=block_bytes)
+        if leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
+            raise HarnessError(f"leaky_k must be a number >= 1 or 'auto', got {leaky_k!r}")
+        if leaky_k == "auto" and window >= train_length:
+            raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, train_length={train_length}")
+        self.leaky_k = leaky_k

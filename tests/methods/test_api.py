@@ -9,9 +9,10 @@ from harness.methods import METHODS, apply_method, method_parameters, remove_met
 from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
 
 
-@pytest.mark.parametrize("method", ["origin", "rerope", "leaky-rerope"])
+@pytest.mark.parametrize("method", [m for m, cls in METHODS.items() if cls.cached_decoding == "exact"])
 def test_cached_decoding_equals_full_recomputation(method, arch):
-    """Past the training length too: ReRoPE's positions depend only on (t, j), so caching is exact."""
+    """Past the training length too, for every method that says so (ReRoPE's positions depend only
+    on (t, j), so caching is exact)."""
     ids = random_ids(2 * TRAIN_LENGTH + 4)
     model = apply_method(tiny_model(arch), method, **TINY_PARAMS[method])
     prompt = 2 * TRAIN_LENGTH
@@ -52,7 +53,7 @@ def test_reapplying_replaces_and_remove_restores():
         apply_method(model, "dynamic-ntk")
         remove_method(model)
         torch.testing.assert_close(model(ids).logits, reference)
-    assert model.harness_method_name == "origin"
+    assert model.harness_method_name is None
 
 
 def test_train_length_defaults_to_the_models():
@@ -72,8 +73,8 @@ def test_parameter_names_are_shared_with_the_configs():
 
 
 def test_unknown_method_and_parameter():
-    with pytest.raises(HarnessError, match="unknown method 'yarn'.*origin"):
-        apply_method(tiny_model(), "yarn")
+    with pytest.raises(HarnessError, match="unknown method 'no-such-method'.*origin"):
+        apply_method(tiny_model(), "no-such-method")
     with pytest.raises(HarnessError, match="unknown parameter.*windw.*accepted"):
         apply_method(tiny_model(), "rerope", windw=3)
 

@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.methods.attention import attention_with_lse, band_attention_with_lse, merge_by_lse
 from harness.methods.mesa import Mesa
-from harness.methods.rerope import ReRoPE
+from harness.methods.rerope import LeakyReRoPE, ReRoPE
 from tests.methods.test_rerope import FULL_ROTARY, qkv
 
 
@@ -76,7 +76,7 @@ def _bound(method, kernels):
 
 @pytest.mark.parametrize("kernels", ["fused", "explicit"])
 @pytest.mark.parametrize("make", [lambda: ReRoPE(128, window=64, logn=True, block_bytes=2**20),
-                                  lambda: ReRoPE(128, window=64, leaky_k=4.0, block_bytes=2**20),
+                                  lambda: LeakyReRoPE(128, window=64, leaky_k=4.0, block_bytes=2**20),
                                   lambda: Mesa(128, first_chunk=8, last_chunk=16, stair_width=4, reserve_new_tokens=4,
                                                first_chunk_cache=8, min_remainder=8, block_bytes=2**20)],
                          ids=["rerope", "leaky-rerope", "mesa"])

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from harness.methods import METHODS, apply_method
-from tests.conftest import TINY_MESA, TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
+from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model, tiny_params
 from tests.methods.test_parity import prefill_and_decode
+
+TINY_MESA = tiny_params("mesa")
 
 # Past the training length (Mesa chunks, ReRoPE's far part, Dynamic-NTK's scaled base), and
 # enough decode steps for Mesa's stair to move (its chunk width here is a few dozen tokens).

@@ -8,7 +8,7 @@ import torch
 from harness.errors import HarnessError
 from harness.methods import apply_method, mesa_chunk_plan, stair_positions
 from harness.methods.mesa import ChunkPlan, Mesa
-from tests.conftest import TINY_MESA, TRAIN_LENGTH, random_ids, tiny_model
+from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model, tiny_params
 from tests.methods.reference import (
     naive_attention,
     naive_positional_attention,
@@ -16,7 +16,10 @@ from tests.methods.reference import (
     reference_chunks,
     reference_rope_position,
 )
+
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, qkv
+
+TINY_MESA = tiny_params("mesa")  # Mesa's defaults are for T = 2048+; these fit T = 128
 
 T = TRAIN_LENGTH
 PLAN_KEYS = ("first_chunk", "last_chunk", "reserve_new_tokens", "first_chunk_cache", "min_remainder")

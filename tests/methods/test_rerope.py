@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.methods.rerope import ReRoPE
+from harness.methods.rerope import LeakyReRoPE, ReRoPE
 from tests.methods.reference import naive_attention
 
 T = 128
@@ -37,7 +37,11 @@ PARTIAL_ROTARY = FULL_ROTARY[:4]  # rotary_dim 8 of head_dim 16, the rest passes
 def test_matches_naive_definition(kernels, inv_freq, leaky_k, logn, lq, lk):
     window = 24
     # block_bytes this small forces query blocks of 16 rows, so 37 queries make ragged blocks.
-    method = bound(ReRoPE(T, window=window, leaky_k=leaky_k, logn=logn, block_bytes=1), inv_freq, kernels)
+    if leaky_k is None:
+        rerope = ReRoPE(T, window=window, logn=logn, block_bytes=1)
+    else:
+        rerope = LeakyReRoPE(T, window=window, leaky_k=leaky_k, logn=logn, block_bytes=1)
+    method = bound(rerope, inv_freq, kernels)
     inv_k = method.inverse_k(lk)
     if leaky_k == "auto":
         assert inv_k == pytest.approx((T - window) / (lk - window)) if lk > T else inv_k == 1.0

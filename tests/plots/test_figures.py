@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from plots.__main__ import main as plots_main
-from plots.figures import build_all, plot_heatmaps, plot_passkey, plot_speed
+from plots.figures import build_all, plot_heatmaps, plot_task
 
 
 def table(tasks=("passkey", "ppl", "longeval", "speed"), models=("smollm2-135m", "tiny-random")) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def test_every_figure_builds(tmp_path):
 
 
 def test_missing_method_is_listed_and_oom_cells_marked(tmp_path):
-    fig = _figure_of(plot_passkey, table(tasks=("passkey",)), tmp_path)
+    fig = _figure_of(lambda frame, out: plot_task(frame, "passkey", out), table(tasks=("passkey",)), tmp_path)
     tiny = [ax for ax in fig.axes if "tiny-random" in ax.get_title()][0]
     smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
     assert "ReRoPE (no data)" in tiny.get_legend_handles_labels()[1]
@@ -49,7 +49,7 @@ def test_missing_method_is_listed_and_oom_cells_marked(tmp_path):
 
 def test_speed_and_heatmap_handle_failures(tmp_path):
     frame = table(tasks=("speed",), models=("smollm2-135m",))
-    assert plot_speed(frame, tmp_path)
+    assert plot_task(frame, "speed", tmp_path)
     assert plot_heatmaps(frame, tmp_path)
 
 
@@ -120,7 +120,7 @@ def test_accuracy_has_wilson_bars_sample_counts_and_a_log2_length_axis(tmp_path)
     from matplotlib.collections import PolyCollection
     from matplotlib.container import ErrorbarContainer
 
-    fig = _figure_of(plot_passkey, table(tasks=("passkey",)), tmp_path)
+    fig = _figure_of(lambda frame, out: plot_task(frame, "passkey", out), table(tasks=("passkey",)), tmp_path)
     smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
     assert smol.get_xscale() == "log" and smol.xaxis.get_transform().base == 2
     assert [t.get_text() for t in smol.get_xticklabels()] == ["4k", "8k", "16k"]
@@ -131,18 +131,21 @@ def test_accuracy_has_wilson_bars_sample_counts_and_a_log2_length_axis(tmp_path)
 
 
 def test_every_method_has_one_style_everywhere(tmp_path):
-    from plots.figures import METHOD_STYLE, style
+    from harness.methods import METHODS
+    from plots.figures import style
 
-    assert style("yarn") == style("yarn") and style("yarn")["label"] == "yarn"
-    known = {s["color"] for s in METHOD_STYLE.values()}
-    assert style("yarn")["color"] not in known and style("longrope")["color"] not in known
-    assert style("yarn")["color"] != style("longrope")["color"]  # unknown methods are told apart too
+    series = [*METHODS, "origin (eager)"]  # every method, and the eager series of the figures
+    assert style("no-such-method") == style("no-such-method") and style("no-such-method")["label"] == "no-such-method"
+    known = {style(m)["color"] for m in series}
+    assert style("no-such-method")["color"] not in known and style("retired-method")["color"] not in known
+    assert style("no-such-method")["color"] != style("retired-method")["color"]  # unknown methods are told apart too
     heatmap = _figure_of(plot_heatmaps, table(tasks=("passkey",), models=("smollm2-135m",)), tmp_path)
     labels = heatmap.axes[0].get_yticklabels()
     assert [(t.get_text(), t.get_color()) for t in labels] == [
         (style(m)["label"], style(m)["color"]) for m in ("origin", "rerope", "mesa")]
-    assert len({s["color"] for s in METHOD_STYLE.values()}) == len(METHOD_STYLE)
-    assert len({s["marker"] for s in METHOD_STYLE.values()}) == len(METHOD_STYLE)
+    assert len({style(m)["color"] for m in series}) == len(series)
+    assert len({style(m)["marker"] for m in series}) == len(series)
+    assert (style("mesa")["label"], style("mesa")["color"]) == (METHODS["mesa"].label, METHODS["mesa"].color)
 
 
 def test_eager_rows_are_their_own_series():

@@ -1,0 +1,101 @@
+"""What identifies a job, a (model, method, task) cell: its checked settings, its method's
+settings and its results file. The runner and plan mode both start here, so they can never
+disagree about which file a job's rows are in or which input they refuse.
+
+Nothing here loads a model, a tokenizer or a corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from harness.devices import check_device
+from harness.errors import HarnessError
+from harness.results import config_hash
+
+DTYPES = ("float32", "float16", "bfloat16")
+# Keys of a conf/method node that are not the method's parameters: its name, and the class that
+# builds it (Hydra's `_target_`).
+METHOD_CONFIG_KEYS = ("name", "_target_")
+
+
+def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
+    """(name, parameters) of a ``conf/method`` node: the parameters are what the method's class takes."""
+    params = OmegaConf.to_container(method_cfg, resolve=True)
+    name = params.pop("name")
+    params.pop("_target_", None)
+    return name, params
+
+
+def check_lengths(lengths) -> list[int]:
+    """The task's lengths as a list of positive integers (a single integer is one length); duplicates dropped."""
+    if isinstance(lengths, (ListConfig, DictConfig)):
+        lengths = OmegaConf.to_container(lengths, resolve=True)
+    if not isinstance(lengths, (list, tuple)):
+        lengths = [lengths]  # task.lengths=512 means [512]
+    if not lengths:
+        raise HarnessError("task.lengths is empty: give at least one length, e.g. task.lengths=[1024,2048]")
+    out = []
+    for value in lengths:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise HarnessError(f"task.lengths must be positive integers, got {value!r}; e.g. task.lengths=[1024,2048]")
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def check_job(cfg: DictConfig) -> tuple[list[int], int]:
+    """Everything about a job that can be checked without loading anything: (lengths, samples).
+
+    ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise HarnessError(f"seed must be an integer, got {seed!r}")
+    if cfg.get("dtype") not in DTYPES:
+        raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
+    check_device(cfg.device)
+    lengths = check_lengths(cfg.task.get("lengths"))
+    samples = cfg.task.get("samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    return lengths, samples
+
+
+def original_cwd() -> Path:
+    """Where the command was started: Hydra's original working directory, else the current one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def results_root(cfg: DictConfig) -> Path:
+    """``results_dir`` as an absolute path; a relative one is relative to where the command was started."""
+    root = Path(str(cfg.results_dir)).expanduser()
+    return (root if root.is_absolute() else original_cwd() / root).absolute()
+
+
+def results_path(cfg: DictConfig) -> tuple[Path, str]:
+    """Where this job's rows go, and the config hash in the file's name. The hash covers everything
+    that changes a row's numbers, except the lengths and sample counts, so extending a sweep
+    appends to the same file."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    task.pop("lengths", None)
+    task.pop("samples", None)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
+        model.pop(where, None)
+    model.pop("decode_sdpa_backends", None)  # which fused kernel runs a decoding step: speed only
+    if model.get("attn_implementation", "sdpa") == "sdpa":
+        # the default, and what every row before this key existed used: their files stay resumable
+        model.pop("attn_implementation", None)
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    # `_target_` (which class builds the method) came after the first committed rows and changes no
+    # number; the name and parameters stay, so those rows' files stay resumable.
+    method.pop("_target_", None)
+    payload = dict(model=model, method=method, task=task, seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
+    digest = config_hash(payload)
+    return results_root(cfg) / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest

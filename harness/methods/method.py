@@ -1,0 +1,161 @@
+"""What a method is: one class that states its own facts, and the registry of those classes.
+
+Every method is a subclass of :class:`Method` that sets ``name``; defining the class registers it
+in :data:`METHODS` under that name (``__init_subclass__``), so nothing else lists method names.
+The class states, once:
+
+* who it is in tables and figures: ``name``, ``label``, ``color``, ``marker``, ``order``;
+* its parameters and their defaults: the keyword arguments of its ``__init__`` after
+  ``train_length``. ``conf/method/<name>.yaml`` lists the same keys with the same values (and
+  ``_target_``, the class); a config key the class does not take is refused with one line;
+* what plan mode needs to estimate its memory: ``decode_key_copies`` and
+  :meth:`prefill_attention_bytes`;
+* what it supports: ``model_types``, ``sliding_window``, ``cached_decoding``;
+* how it changes a model: :meth:`attach`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import nn
+
+from harness.errors import HarnessError, UnsupportedModelError
+
+# Architectures whose attention modules apply RoPE through the model-level rotary module and call
+# the registered attention function with (module, q, k, v, mask, scaling=...). Others may work but
+# are refused until a parity test covers them.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+# RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
+STATIC_ROPE_TYPES = ("default", "linear", "llama3")
+# "exact": decoding with the KV cache gives the logits of recomputing the whole sequence;
+# "approximate": it does not, by construction (the class docstring says why).
+CACHED_DECODING = ("exact", "approximate")
+
+# name -> class of every method defined so far; ``import harness.methods`` defines the built-in ones.
+METHODS: dict[str, type[Method]] = {}
+
+
+class Method(ABC):
+    """A position-encoding method, with all its settings, for a model trained at ``train_length`` tokens."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # in figures and tables
+    color: ClassVar[str]  # one colour and marker per method in every figure
+    marker: ClassVar[str]
+    order: ClassVar[int]  # position in legends and tables (then by name)
+    # Supports: model types (None: any model), sliding-window attention layers, cached decoding.
+    model_types: ClassVar[tuple[str, ...] | None] = SUPPORTED_MODEL_TYPES
+    sliding_window: ClassVar[bool] = False
+    cached_decoding: ClassVar[str] = "exact"
+    # Memory for plan mode: copies of one layer's K cache the method keeps per layer while decoding.
+    decode_key_copies: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # a base class for other methods (e.g. WeaveMethod)
+            return
+        missing = [fact for fact in ("label", "color", "marker", "order") if not hasattr(cls, fact)]
+        if missing:
+            raise TypeError(f"method class {cls.__qualname__} ({cls.name!r}) does not state its {', '.join(missing)}")
+        if cls.cached_decoding not in CACHED_DECODING:
+            raise TypeError(f"method {cls.name!r}: cached_decoding must be one of {CACHED_DECODING}")
+        other = METHODS.get(cls.name)
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"two method classes are named {cls.name!r}: {other.__qualname__} and {cls.__qualname__}")
+        METHODS[cls.name] = cls
+
+    def __init__(self, train_length: int):
+        if isinstance(train_length, bool) or not isinstance(train_length, int) or train_length <= 0:
+            raise HarnessError(f"train_length must be a positive integer, got {train_length!r}")
+        self.train_length = train_length
+
+    @classmethod
+    def parameters(cls) -> dict[str, object]:
+        """The parameters the method takes, with their defaults (``inspect.Parameter.empty``: required)."""
+        params = inspect.signature(cls.__init__).parameters
+        return {k: p.default for k, p in params.items() if k != "self"}
+
+    @abstractmethod
+    def attach(self, model: nn.Module) -> None:
+        """Change ``model`` in place into this method; set ``model._harness_undo`` to restore it."""
+
+    def prefill_attention_bytes(self, shape, length: int, dtype_bytes: int, attn_implementation: str) -> int:
+        """Transient memory (bytes) of one layer's attention during a prefill of ``length`` tokens,
+        beyond q, k and v. ``shape`` has ``heads``, ``kv_heads`` and ``head_dim`` (harness.plan.Shape).
+
+        This is transformers' own attention: eager builds the (H, L, L) scores and their softmax;
+        SDPA repeats K and V to every head for grouped-query attention, plus its output."""
+        if attn_implementation == "eager":
+            return 2 * shape.heads * length * length * dtype_bytes
+        return 3 * length * shape.heads * shape.head_dim * dtype_bytes
+
+    def check_model(self, model: nn.Module) -> nn.Module:
+        """Refuse, with a clear message, a model this method cannot handle. Returns the decoder stack."""
+        config = model.config
+        model_type = getattr(config, "model_type", type(model).__name__)
+        if self.model_types is not None and model_type not in self.model_types:
+            raise UnsupportedModelError(
+                f"method {self.name!r} does not support model type {model_type!r}; "
+                f"supported: {', '.join(self.model_types)}"
+            )
+        decoder = decoder_of(model)
+        rotary = decoder.rotary_emb
+        rotary = getattr(rotary, "original", rotary)
+        rope_type = getattr(rotary, "rope_type", "default")
+        if rope_type not in STATIC_ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"method {self.name!r} cannot be applied to model type {model_type!r} with rope_type {rope_type!r}: "
+                f"its frequencies depend on the input length; supported rope types: {', '.join(STATIC_ROPE_TYPES)}"
+            )
+        layer_types = getattr(config, "layer_types", None) or []
+        uses_sliding = "sliding_attention" in layer_types or (
+            model_type == "mistral" and getattr(config, "sliding_window", None) is not None
+        )
+        if uses_sliding and not self.sliding_window:
+            raise UnsupportedModelError(
+                f"method {self.name!r} does not support sliding-window attention (model type {model_type!r}); "
+                "set the config's sliding_window to null for a full-attention model"
+            )
+        return decoder
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``model.model`` for *ForCausalLM) that owns ``rotary_emb`` and ``layers``."""
+    decoder = getattr(model, "model", model)
+    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
+        raise UnsupportedModelError(
+            f"model type {model.config.model_type!r} has no model-level rotary module; "
+            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return decoder
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``; one clear line if there is none."""
+    if name not in METHODS:
+        raise HarnessError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    return METHODS[name]
+
+
+def method_names() -> list[str]:
+    """Every registered method's name, in the methods' own ``order`` (then by name)."""
+    return sorted(METHODS, key=lambda name: (METHODS[name].order, name))
+
+
+def build_method(name: str, default_train_length: int | None, **params) -> Method:
+    """Method ``name`` with ``params`` (``None`` or absent: the class's default); a ``train_length``
+    that is None or absent is ``default_train_length`` (the model's). Unknown parameters are refused
+    with one line."""
+    cls = method_class(name)
+    accepted = cls.parameters()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise HarnessError(
+            f"unknown parameter(s) {', '.join(unknown)} for method {name!r}; accepted: {', '.join(accepted)}"
+        )
+    params = {k: v for k, v in params.items() if v is not None}
+    params.setdefault("train_length", default_train_length)
+    return cls(**params)
