@@ -129,26 +129,36 @@ def _fused_lse(query, key, value, scaling, causal):
     return out.reshape(b, heads, lq, dim), lse.reshape(b, heads, lq).to(_score_dtype(query.dtype))
 
 
-def _explicit_lse(query, key, value, scaling, causal, block_bytes):
-    """Matmul + softmax in query blocks of bounded score memory; exact in float32 (or float64)."""
+def _explicit_lse(query, key, value, scaling, causal, block_bytes, band=None):
+    """Matmul + softmax in query blocks of bounded score memory; exact in float32 (or float64).
+
+    ``causal``: query i sees keys 0..i (Lq == Lk); ``band`` (with causal): only keys with
+    i - j < band, so each block reads just the keys of its band and the work is O(L * band)."""
     b, heads, lq, dim = query.shape
     kv_heads, lk = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     score_dtype = _score_dtype(query.dtype)
     out = query.new_empty((b, heads, lq, dim))
     lse = query.new_empty((b, heads, lq), dtype=score_dtype)
-    rows = min(lq, _block_rows(block_bytes, lk, heads, 4))
+    if band is None:
+        rows = min(lq, _block_rows(block_bytes, lk, heads, 4))
+    else:  # rows <= band, so a block's keys (rows + band - 1) stay under 2 * band
+        rows = min(lq, band, _block_rows(block_bytes, 2 * band, heads, 4))
+    index = torch.arange(lk, device=query.device)
     for start in range(0, lq, rows):
         stop = min(start + rows, lq)
-        hi = stop if causal else lk
-        s = torch.matmul(_fold_groups(query[:, :, start:stop], kv_heads), key[:, :, :hi].transpose(-1, -2))
-        s = (s.to(score_dtype) * scaling).unflatten(2, (groups, stop - start))  # (B, KVH, G, n, hi)
+        lo, hi = (0 if band is None else max(0, start - band + 1)), (stop if causal else lk)
+        s = torch.matmul(_fold_groups(query[:, :, start:stop], kv_heads), key[:, :, lo:hi].transpose(-1, -2))
+        s = (s.to(score_dtype) * scaling).unflatten(2, (groups, stop - start))  # (B, KVH, G, n, hi - lo)
         if causal:
-            index = torch.arange(hi, device=query.device)
-            s.masked_fill_(index[None, :] > index[start:stop, None], float("-inf"))
+            distance = index[start:stop, None] - index[None, lo:hi]
+            hidden = distance < 0
+            if band is not None:
+                hidden |= distance >= band
+            s.masked_fill_(hidden, float("-inf"))
         block_lse = torch.logsumexp(s, dim=-1)
         p = (s - block_lse[..., None]).exp_().to(value.dtype).flatten(2, 3)
-        out[:, :, start:stop] = _unfold_groups(torch.matmul(p, value[:, :, :hi]), heads)
+        out[:, :, start:stop] = _unfold_groups(torch.matmul(p, value[:, :, lo:hi]), heads)
         lse[:, :, start:stop] = block_lse.reshape(b, heads, stop - start)
     return out, lse
 
@@ -170,7 +180,7 @@ def band_attention_with_lse(
         return attention_with_lse(query, key, value, scaling, causal=True, kernels=kernels, block_bytes=block_bytes)
     if kernels == "fused" and fused_kernel_for(query) is not None:
         return _fused_band(query, key, value, scaling, band)
-    return _explicit_band(query, key, value, scaling, band, block_bytes)
+    return _explicit_lse(query, key, value, scaling, True, block_bytes, band=band)
 
 
 def _fused_band(query, key, value, scaling, band):
@@ -197,30 +207,6 @@ def _fused_band(query, key, value, scaling, band):
         out[:, 1:, :, : w - 1], lse[:, 1:, :, : w - 1] = merged
     out = out.transpose(1, 2).reshape(b, heads, blocks * w, dim)[:, :, :length]
     return out, lse.transpose(1, 2).reshape(b, heads, blocks * w)[:, :, :length]
-
-
-def _explicit_band(query, key, value, scaling, band, block_bytes):
-    b, heads, length, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    score_dtype = _score_dtype(query.dtype)
-    out = query.new_empty((b, heads, length, dim))
-    lse = query.new_empty((b, heads, length), dtype=score_dtype)
-    # rows <= band, so a block's keys (rows + band - 1) stay under 2 * band
-    rows = min(length, band, _block_rows(block_bytes, 2 * band, heads, 4))
-    index = torch.arange(length, device=query.device)
-    for start in range(0, length, rows):
-        stop = min(start + rows, length)
-        lo = max(0, start - band + 1)
-        s = torch.matmul(_fold_groups(query[:, :, start:stop], kv_heads), key[:, :, lo:stop].transpose(-1, -2))
-        s = (s.to(score_dtype) * scaling).unflatten(2, (groups, stop - start))
-        distance = index[start:stop, None] - index[None, lo:stop]
-        s.masked_fill_((distance < 0) | (distance >= band), float("-inf"))
-        block_lse = torch.logsumexp(s, dim=-1)
-        p = (s - block_lse[..., None]).exp_().to(value.dtype).flatten(2, 3)
-        out[:, :, start:stop] = _unfold_groups(torch.matmul(p, value[:, :, lo:stop]), heads)
-        lse[:, :, start:stop] = block_lse.reshape(b, heads, stop - start)
-    return out, lse
 
 
 def merge_by_lse(

@@ -255,15 +255,15 @@ class Mesa(WeaveMethod):
         return merge_by_lse(own, earlier)[0]
 
     def _stair_positions(self, kv_length: int, device: torch.device) -> tuple[torch.Tensor, object]:
-        """Stair positions for ``kv_length`` keys (computed once per forward, not per layer) and their layout."""
-        cached = self.state.get("stair")
-        if cached is None or cached[0] != kv_length:
+        """Stair positions for ``kv_length`` keys on ``device`` (computed once per forward, not per
+        layer) and their layout."""
+        def make():
             width = self.state["plan"].chunk_width
-            positions = stair_positions(kv_length, width, self.stair_width, self.train_length, device=device)
             top = stair_top(kv_length, width, self.train_length)
-            cached = (kv_length, positions, "true" if top is None else ("stair", top))
-            self.state["stair"] = cached
-        return cached[1], cached[2]
+            positions = stair_positions(kv_length, width, self.stair_width, self.train_length, device=device)
+            return positions, "true" if top is None else ("stair", top)
+
+        return self.per_forward(("stair", kv_length, device), make)
 
     def _paper_stair(self, layer_idx, query, key, value, scaling, query_start: int, decoding):
         """Eq. 3 with constant N and ceil: exact per pair, via the residues of t - N and j modulo E.
