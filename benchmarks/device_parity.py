@@ -26,20 +26,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def build(model_name: str, method: str, implementation: str, device: str):
-    from omegaconf import OmegaConf
+    """The model and method as ``python -m harness model=... method=...`` composes them (per-model
+    method settings from conf/model_method/ included)."""
+    from hydra import compose, initialize_config_dir
 
     from harness.job import method_settings
     from harness.methods import apply_method
     from harness.models import load_model
 
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"))
-    cfg["attn_implementation"] = implementation
-    loaded = load_model(cfg, device=device, dtype="float32")
-    params = method_settings(OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml"))[1]
-    specialised = ROOT / "conf" / "model_method" / f"{model_name}_{method}.yaml"
-    if specialised.is_file():  # the per-model settings the harness itself would use
-        params.update(OmegaConf.to_container(OmegaConf.load(specialised)))  # "# @package method": the params
-    return apply_method(loaded.model, method, **params)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model_name}", f"method={method}",
+                                           f"model.attn_implementation={implementation}"])
+    loaded = load_model(cfg.model, device=device, dtype="float32")
+    name, params = method_settings(cfg.method)
+    return apply_method(loaded.model, name, **params)
 
 
 def run(model, ids, steps: int, tokens=None):
