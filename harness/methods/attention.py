@@ -209,6 +209,77 @@ def _fused_band(query, key, value, scaling, band):
     return out, lse.transpose(1, 2).reshape(b, heads, blocks * w)[:, :, :length]
 
 
+def trailing_band_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, band: int,
+    kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`band_attention_with_lse` for queries that are the last Lq of Lk keys (a prefill when
+    Lq == Lk, else decoding or a continuation): query i sits at index t = Lk - Lq + i and sees keys
+    j with 0 <= t - j < ``band``. Returns (out, LSE) as :func:`attention_with_lse`.
+
+    One query sees the last ``band`` keys, all of them, with no mask. Several queries are aligned
+    with the keys they can see by zero query rows in front (fewer than ``band``), whose outputs are
+    dropped: the band kernels then run unchanged.
+    """
+    lq, lk = query.shape[2], key.shape[2]
+    if lq == lk:
+        return band_attention_with_lse(query, key, value, scaling, band, kernels, block_bytes)
+    lo = max(0, lk - lq - band + 1)  # the first key any of the queries can see
+    if lq == 1:
+        return attention_with_lse(query, key[:, :, lo:], value[:, :, lo:], scaling, kernels=kernels,
+                                  block_bytes=block_bytes)
+    pad = lk - lq - lo
+    padded = torch.cat((query.new_zeros((*query.shape[:2], pad, query.shape[3])), query), dim=2)
+    out, lse = band_attention_with_lse(padded, key[:, :, lo:], value[:, :, lo:], scaling, band, kernels, block_bytes)
+    return out[:, :, pad:], lse[:, :, pad:]
+
+
+def global_keys_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, query_start: int, band: int,
+    kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[int, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Attention of queries at true indices ``query_start``.. over the first S keys of the sequence
+    (attention sinks, global tokens; key/value (B, KVH, S, D)) where those keys lie OUTSIDE the
+    query's causal band: query t sees key s iff s <= t - ``band``. The complement of
+    :func:`trailing_band_attention_with_lse` on those keys, so the two merge by LSE.
+
+    Returns ``(first, (out, LSE))`` for the queries from index ``first`` on (earlier ones see no
+    such key), or None if no query sees one. The queries at t >= band + S - 1 see all S keys (one
+    fused attention without a mask); the at most S - 1 before them see a prefix (a small explicit
+    attention with a mask).
+    """
+    lq, sinks = query.shape[2], key.shape[2]
+    end = query_start + lq
+    first = max(query_start, band)  # the first query that sees key 0
+    if first >= end:
+        return None
+    all_from = max(first, band + sinks - 1)  # from here on every one of the S keys is visible
+    parts = []
+    if first < all_from:
+        rows = query[:, :, first - query_start : min(all_from, end) - query_start]
+        t = torch.arange(first, first + rows.shape[2], device=query.device)
+        hidden = torch.arange(sinks, device=query.device)[None, :] > (t - band)[:, None]
+        parts.append(_masked_lse(rows, key, value, scaling, hidden))
+    if all_from < end:
+        parts.append(attention_with_lse(query[:, :, all_from - query_start :], key, value, scaling,
+                                        kernels=kernels, block_bytes=block_bytes))
+    if len(parts) == 1:
+        return first, parts[0]
+    return first, (torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2))
+
+
+def _masked_lse(query, key, value, scaling, hidden):
+    """Explicit attention with a (Lq, Lk) bool mask of hidden pairs, for a few rows; every row must
+    see at least one key. Returns (out, LSE) as attention_with_lse."""
+    b, heads, lq, _ = query.shape
+    kv_heads = key.shape[1]
+    s = torch.matmul(_fold_groups(query, kv_heads), key.transpose(-1, -2)).to(_score_dtype(query.dtype)) * scaling
+    s = s.unflatten(2, (heads // kv_heads, lq)).masked_fill_(hidden, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = (s - lse[..., None]).exp_().to(value.dtype).flatten(2, 3)
+    return _unfold_groups(torch.matmul(p, value), heads), lse.reshape(b, heads, lq)
+
+
 def merge_by_lse(
     first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:

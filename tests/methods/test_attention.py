@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from harness.methods.attention import attention_with_lse, band_attention_with_lse, merge_by_lse
+from harness.methods.attention import (
+    attention_with_lse,
+    band_attention_with_lse,
+    global_keys_attention_with_lse,
+    merge_by_lse,
+    trailing_band_attention_with_lse,
+)
 from harness.methods.mesa import Mesa
 from harness.methods.rerope import LeakyReRoPE, ReRoPE
 from tests.methods.test_rerope import FULL_ROTARY, qkv
@@ -39,6 +45,43 @@ def test_band_attention(kernels, band):
     out, lse = band_attention_with_lse(q, k, v, 0.25, band=band, kernels=kernels, block_bytes=1)
     distance = torch.arange(70)[:, None] - torch.arange(70)[None, :]
     expected_out, expected_lse = reference(q, k, v, 0.25, (distance >= 0) & (distance < band))
+    torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("band", [1, 5, 16, 100])
+@pytest.mark.parametrize("lq,lk", [(50, 50), (1, 50), (9, 50), (9, 12)], ids=["prefill", "decode", "continue", "short"])
+def test_trailing_band_attention(kernels, band, lq, lk):
+    q, k, v = qkv(lq, lk)
+    out, lse = trailing_band_attention_with_lse(q, k, v, 0.25, band=band, kernels=kernels, block_bytes=1)
+    distance = torch.arange(lk - lq, lk)[:, None] - torch.arange(lk)[None, :]
+    expected_out, expected_lse = reference(q, k, v, 0.25, (distance >= 0) & (distance < band))
+    torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("sinks,band", [(1, 8), (4, 8), (4, 1), (6, 30)])
+@pytest.mark.parametrize("lq,lk", [(50, 50), (1, 50), (9, 50), (20, 40)], ids=["prefill", "decode", "continue", "ragged"])
+def test_global_keys_and_band_merge_into_lambda_attention(kernels, sinks, band, lq, lk):
+    """Band + the first S keys outside it, merged by LSE, is attention under the Lambda-shaped mask."""
+    q, k, v = qkv(lq, lk)
+    near = trailing_band_attention_with_lse(q, k, v, 0.25, band=band, kernels=kernels, block_bytes=1)
+    result = global_keys_attention_with_lse(q, k[:, :, :sinks], v[:, :, :sinks], 0.25, lk - lq, band,
+                                            kernels=kernels, block_bytes=1)
+    t, j = torch.arange(lk - lq, lk)[:, None], torch.arange(lk)[None, :]
+    visible = ((t - j >= 0) & (t - j < band)) | ((j < sinks) & (j <= t - band))
+    expected_out, expected_lse = reference(q, k, v, 0.25, visible)
+    out, lse = near
+    if result is not None:
+        first, part = result
+        i = first - (lk - lq)
+        assert i == max(0, band - (lk - lq))  # the first query that sees a key outside its band
+        out, lse = out.clone(), lse.clone()
+        out[:, :, i:], lse[:, :, i:] = merge_by_lse((out[:, :, i:], lse[:, :, i:]), part)
+    else:
+        assert lk - 1 < band
     torch.testing.assert_close(out.double(), expected_out, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(lse.double(), expected_lse, atol=2e-5, rtol=1e-4)
 
