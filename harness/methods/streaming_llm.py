@@ -1,0 +1,103 @@
+"""StreamingLLM (Xiao et al., "Efficient Streaming Language Models with Attention Sinks", ICLR 2024).
+
+Each token attends to the first ``sink`` tokens of the sequence (the attention sinks) and to the
+``window`` most recent tokens, itself included; every token in between is dropped. Positions are
+assigned inside that cache, as the released code (mit-han-lab/streaming-llm, ``pos_shift``) does:
+the cache holds the sinks at positions 0..S-1 and the recent tokens at S..S+R-1, keys are cached
+un-rotated and rotated to their cache slot at every step, and the query sits at the last slot. So
+for the query at true index t (S = sink, R = window):
+
+  * a recent key j (t - j < R) is at its true distance t - j;
+  * a sink s with t - s >= R is at distance min(t, S + R - 1) - s: the query at slot S + R - 1
+    once the cache is full, at its true position before;
+  * every other key is invisible.
+
+Up to S + R tokens nothing is dropped and the method equals Origin.
+
+Where this follows the code rather than the paper text, and choices the paper leaves open:
+  * The per-token rule above is what the released code computes when it feeds tokens one at a
+    time (its perplexity evaluation). Its chat script prefills a whole prompt with full attention
+    and only evicts between turns, which for a prompt longer than the cache is Origin past the
+    training length; the harness applies the streaming rule to every token of a prefill, so a long
+    prompt is read the way a stream would be.
+  * ``window`` counts the query itself, as the code's ``recent_size`` does when it evicts before a
+    step (``evict_for_space``); its token-by-token evaluation evicts after the step and so sees one
+    key more.
+  * Defaults: ``sink = 4`` (the paper and code); ``window: null`` = the training length minus the
+    sinks, so the cache is exactly as long as the model's training context (the code's default
+    2000 was chosen for 2k-4k models).
+  * Cached decoding keeps exactly the sinks and the window visible, so it equals recomputing the
+    whole sequence. The KV cache itself keeps every token (transformers' cache is not evicted): the
+    compute per token is bounded, the memory is Origin's.
+
+Prefill cost is O(L * (S + R)): the recent band runs on the fused band kernel
+(:func:`~harness.methods.attention.trailing_band_attention_with_lse`) and the sinks outside it on
+:func:`~harness.methods.attention.global_keys_attention_with_lse`, merged by LSE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import HarnessError
+from harness.methods.attention import (
+    DEFAULT_BLOCK_BYTES,
+    global_keys_attention_with_lse,
+    merge_by_lse,
+    trailing_band_attention_with_lse,
+)
+from harness.methods.base import WeaveMethod
+
+
+class StreamingLLM(WeaveMethod):
+    """Attention sinks plus a window of recent tokens, positions inside that cache."""
+
+    name = "streaming-llm"
+    label = "StreamingLLM"
+    color = "#9467bd"
+    marker = "P"
+    order = 50
+    decode_key_copies = 1  # the keys rotated to their true positions
+
+    def __init__(self, train_length: int, sink: int = 4, window: int | None = None,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES):
+        super().__init__(train_length)
+        if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
+            raise HarnessError(f"streaming-llm sink must be a non-negative integer, got {sink!r}")
+        if window is None:
+            window = train_length - sink
+        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+            raise HarnessError(f"streaming-llm window must be a positive integer (or null), got {window!r}")
+        self.sink = sink
+        self.window = window
+        self.block_bytes = block_bytes
+
+    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
+        """Rotated q/k, the sink-rotated q, the band's blocked copies of q/k/v and the partial
+        outputs; explicit kernels add one query block's scores and their softmax."""
+        per_token = shape.heads * shape.head_dim * dtype_bytes
+        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+        return 5 * length * per_token + 3 * length * kv_per_token + (
+            2 * self.block_bytes if attn_implementation == "eager" else 0)
+
+    def attend(self, layer_idx, query, key, value, scaling):
+        lq, lk = query.shape[2], key.shape[2]
+        start = lk - lq  # the queries are the last lq of the lk keys
+        device = query.device
+        query_index = torch.arange(start, lk, device=device)
+        keys = self.rotated_keys(layer_idx, "true", key, torch.arange(lk, device=device), keep=lq < lk, layout="true")
+        recent = trailing_band_attention_with_lse(self.rope(query, query_index, "true-queries"), keys, value, scaling,
+                                                  band=self.window, kernels=self.kernels, block_bytes=self.block_bytes)
+        first = max(start, self.window)  # the first query that sees a sink outside its window
+        if self.sink == 0 or first >= lk:
+            return recent[0]
+        i = first - start
+        # Sinks keep their true positions (0..S-1); the query moves to its cache slot.
+        slot = query_index[i:].clamp(max=self.sink + self.window - 1)
+        sink_query = self.rope(query[:, :, i:], slot, "sink-queries")
+        _, sinks = global_keys_attention_with_lse(sink_query, keys[:, :, : self.sink], value[:, :, : self.sink],
+                                                  scaling, first, band=self.window, kernels=self.kernels,
+                                                  block_bytes=self.block_bytes)
+        out = recent[0]
+        out[:, :, i:] = merge_by_lse((out[:, :, i:], recent[1][:, :, i:]), sinks)[0]
+        return out
