@@ -1,0 +1,101 @@
+"""LM-Infinite (Han et al., "LM-Infinite: Zero-Shot Extreme Length Generalization for Large
+Language Models", NAACL 2024).
+
+A Lambda-shaped attention mask with a distance limit. For the query at true index t and a key j:
+
+  * the local branch, t - j < ``n_local``: ordinary RoPE at the true distance t - j;
+  * the global branch, j < ``n_global`` and t - j >= ``n_local``: the distance is capped at
+    ``distance_limit``; with the limit no larger than the local window every such pair is at
+    distance exactly ``distance_limit``, so the key stays un-rotated and the query is rotated to
+    ``distance_limit`` (the released code's "stationary" query and key);
+  * every other key is invisible.
+
+Up to ``n_local`` tokens every pair is local and the method equals Origin.
+
+Where this follows the released code (Glaciohound/LM-Infinite, ``models/llama.py`` and
+``models/lambda_attention.py``) rather than the paper text:
+  * ``n_global = 100``, as in the code's evaluation commands (its drop-in example uses 10; its
+    README says 10-100 behave alike); ``n_local`` defaults to the training length and
+    ``distance_limit`` to ``n_local``, as there (both L_pretrain).
+  * The code rotates the global branch's query to ``min(limit, kv_len - 1)``, a constant for all
+    queries; the paper writes min(d, limit) per pair. Both agree whenever the limit is at most the
+    local window (every global pair then has d >= n_local >= limit), which is required here. A
+    limit below the window caps only the global branch, as in the code; local pairs keep d.
+  * The code caches un-rotated keys, as this class does, so cached decoding is exact.
+
+Prefill cost is O(L * (n_global + n_local)): the local band runs on the fused band kernel and the
+global keys outside it on :func:`~harness.methods.attention.global_keys_attention_with_lse`, merged
+by LSE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import HarnessError
+from harness.methods.attention import (
+    DEFAULT_BLOCK_BYTES,
+    global_keys_attention_with_lse,
+    merge_by_lse,
+    trailing_band_attention_with_lse,
+)
+from harness.methods.base import WeaveMethod
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise HarnessError(f"lm-infinite {what} must be a positive integer (or null), got {value!r}")
+    return value
+
+
+class LMInfinite(WeaveMethod):
+    """Lambda-shaped attention: the first ``n_global`` tokens plus a local window, distances capped."""
+
+    name = "lm-infinite"
+    label = "LM-Infinite"
+    color = "#8c564b"
+    marker = "X"
+    order = 60
+    decode_key_copies = 1  # the keys rotated to their true positions (the global branch uses them un-rotated)
+
+    def __init__(self, train_length: int, n_global: int = 100, n_local: int | None = None,
+                 distance_limit: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES):
+        super().__init__(train_length)
+        self.n_global = _positive_int(n_global, "n_global")
+        self.n_local = _positive_int(train_length if n_local is None else n_local, "n_local")
+        self.distance_limit = _positive_int(self.n_local if distance_limit is None else distance_limit,
+                                            "distance_limit")
+        if self.distance_limit > self.n_local:
+            raise HarnessError(f"lm-infinite distance_limit ({self.distance_limit}) must not exceed n_local "
+                               f"({self.n_local}): every global pair is at least n_local apart")
+        self.block_bytes = block_bytes
+
+    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
+        """Rotated q/k, the global branch's q, the band's blocked copies of q/k/v and the partial
+        outputs; explicit kernels add one query block's scores and their softmax."""
+        per_token = shape.heads * shape.head_dim * dtype_bytes
+        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+        return 5 * length * per_token + 3 * length * kv_per_token + (
+            2 * self.block_bytes if attn_implementation == "eager" else 0)
+
+    def attend(self, layer_idx, query, key, value, scaling):
+        lq, lk = query.shape[2], key.shape[2]
+        start = lk - lq  # the queries are the last lq of the lk keys
+        device = query.device
+        query_index = torch.arange(start, lk, device=device)
+        keys = self.rotated_keys(layer_idx, "true", key, torch.arange(lk, device=device), keep=lq < lk, layout="true")
+        local = trailing_band_attention_with_lse(self.rope(query, query_index, "true-queries"), keys, value, scaling,
+                                                 band=self.n_local, kernels=self.kernels, block_bytes=self.block_bytes)
+        first = max(start, self.n_local)  # the first query that sees a global key outside its window
+        if first >= lk:
+            return local[0]
+        i = first - start
+        # Global branch: un-rotated keys, the query rotated to the distance limit.
+        limit = torch.full((lq - i,), self.distance_limit, device=device)
+        global_query = self.rope(query[:, :, i:], limit, "global-queries")
+        n = min(self.n_global, lk)
+        _, far = global_keys_attention_with_lse(global_query, key[:, :, :n], value[:, :, :n], scaling, first,
+                                                band=self.n_local, kernels=self.kernels, block_bytes=self.block_bytes)
+        out = local[0]
+        out[:, :, i:] = merge_by_lse((out[:, :, i:], local[1][:, :, i:]), far)[0]
+        return out
