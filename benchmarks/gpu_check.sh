@@ -2,7 +2,7 @@
 # The GPU check, as one script (~4-8 minutes on one H100; each step capped), run from a copy of the repository:
 #   (a) every method's logits on the device vs the CPU, fp32, prefill and cached decoding
 #       (benchmarks/device_parity.py -> $OUT_DIR/parity.csv);
-#   (b) the speed task on the random-weight LLaMA2-7B shape in fp16 at 4k..64k for all five methods
+#   (b) the speed task on the random-weight LLaMA2-7B shape in fp16 at 4k..64k for every method
 #       with attn_implementation=sdpa, and Origin with eager (the paper's baseline) at 4k..16k;
 #   (c) the rows collected into $OUT_DIR/all.csv and drawn by `python -m plots`.
 #
@@ -28,7 +28,8 @@ PARITY_LENGTH=${GPU_CHECK_PARITY_LENGTH:-6144}
 OUT_DIR=${GPU_CHECK_OUT:-results/gpu-h100}
 # Each step is cut off after this many seconds (rows already written stay), so the whole check
 # ends within the device's 10-minute command limit even if one method is far slower than expected.
-JOB_TIMEOUT=${GPU_CHECK_JOB_TIMEOUT:-80}
+PARITY_TIMEOUT=${GPU_CHECK_PARITY_TIMEOUT:-80}
+JOB_TIMEOUT=${GPU_CHECK_JOB_TIMEOUT:-45}  # per speed job: 9 methods + eager Origin in ~7.5 minutes at most
 WHEELS=${GPU_CHECK_WHEELS:-benchmarks/wheels}
 
 if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
@@ -41,14 +42,15 @@ status=0
 started=$SECONDS
 
 echo "== (a) logits on $DEVICE vs cpu"
-timeout "$JOB_TIMEOUT" python3 benchmarks/device_parity.py --device "$DEVICE" --model "$PARITY_MODEL" \
+timeout "$PARITY_TIMEOUT" python3 benchmarks/device_parity.py --device "$DEVICE" --model "$PARITY_MODEL" \
   --length "$PARITY_LENGTH" --out "$OUT_DIR/parity.csv" || status=1
 echo "   $((SECONDS - started)) s"
 
 echo "== (b) speed: $MODEL $DTYPE on $DEVICE, lengths $LENGTHS"
 COMMON=(model="$MODEL" model.random_weights=true device="$DEVICE" dtype="$DTYPE" task=speed task.decode_steps=16
         task.repeats=2 results_dir="$OUT_DIR")
-for method in origin dynamic-ntk mesa rerope leaky-rerope; do  # one job each, lengths ascending
+METHODS=${GPU_CHECK_METHODS:-$(python3 -c "from harness.methods import method_names; print(*method_names())")}
+for method in $METHODS; do  # every registered method, one job each, lengths ascending
   timeout "$JOB_TIMEOUT" python3 -m harness "${COMMON[@]}" method=$method "task.lengths=$LENGTHS" || status=1
   echo "   $method: $((SECONDS - started)) s"
 done
