@@ -38,8 +38,11 @@ VARIANT_WHITE = 0.45
 VARIANT_MARKER = "x"
 
 
-_EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-_EXTRA_MARKERS = ["P", "X", "*", "h", "<", ">"]
+# Styles for a method without a class in this checkout (rows from another branch), minus those of
+# the registered methods.
+_EXTRA_COLORS = ["#7f7f7f", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+                 "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+_EXTRA_MARKERS = ["<", ">", "p", "d", "8", "H", "P", "X", "*", "h"]
 # No timestamps or tool versions in the files: the same rows draw byte-identical figures.
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 Z95 = 1.959963984540054
@@ -58,8 +61,9 @@ def style(series: str) -> dict:
     cls = METHODS.get(method)
     if cls is None:
         digest = hashlib.sha1(series.encode()).digest()
-        return dict(color=_EXTRA_COLORS[digest[0] % len(_EXTRA_COLORS)],
-                    marker=_EXTRA_MARKERS[digest[1] % len(_EXTRA_MARKERS)], label=series)
+        colors = [c for c in _EXTRA_COLORS if c not in {cls.color for cls in METHODS.values()}]
+        markers = [m for m in _EXTRA_MARKERS if m not in {cls.marker for cls in METHODS.values()} | {VARIANT_MARKER}]
+        return dict(color=colors[digest[0] % len(colors)], marker=markers[digest[1] % len(markers)], label=series)
     if variant is None:
         return dict(color=cls.color, marker=cls.marker, label=cls.label)
     rgb = matplotlib.colors.to_rgb(cls.color)
