@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.errors import HarnessError, UnsupportedModelError
-from harness.methods.method import Method
+from harness.errors import HarnessError
+from harness.methods.method import RotaryMethod
 from harness.methods.rope import rope_cos_sin
 
 
@@ -49,7 +49,7 @@ class DynamicNTKRotary(nn.Module):
         return cos.view(*position_ids.shape, -1), sin.view(*position_ids.shape, -1)
 
 
-class DynamicNTK(Method):
+class DynamicNTK(RotaryMethod):
     """Dynamic-NTK with ``factor`` (the paper gives none; 2.0 is transformers' usual choice).
 
     Cached decoding is approximate: cached keys keep the base they were rotated with (see above)."""
@@ -59,7 +59,6 @@ class DynamicNTK(Method):
     color = "#1f77b4"
     marker = "s"
     order = 10
-    sliding_window = True  # only the rotary module changes; attention is the model's own
     cached_decoding = "approximate"
 
     def __init__(self, train_length: int, factor: float = 2.0):
@@ -68,18 +67,7 @@ class DynamicNTK(Method):
             raise HarnessError(f"dynamic-ntk factor must be >= 1, got {factor!r}")
         self.factor = float(factor)
 
-    def attach(self, model: nn.Module) -> None:
-        """Install Dynamic-NTK on ``model`` in place (only the rotary module changes)."""
-        decoder = self.check_model(model)
-        original = decoder.rotary_emb
-        if getattr(original, "rope_type", "default") != "default":
-            raise UnsupportedModelError(
-                f"method 'dynamic-ntk' needs plain RoPE; model type {model.config.model_type!r} uses rope_type {original.rope_type!r}"
-            )
-        base = float(model.config.rope_parameters["rope_theta"])
-        decoder.rotary_emb = DynamicNTKRotary(original, base, self.train_length, self.factor)
-
-        def undo() -> None:
-            decoder.rotary_emb = original
-
-        model._harness_undo = undo
+    def rotary_for(self, model: nn.Module, original: nn.Module) -> nn.Module:
+        """A stateless rotary module whose base grows with the current length."""
+        return DynamicNTKRotary(original, float(model.config.rope_parameters["rope_theta"]), self.train_length,
+                                self.factor)

@@ -23,9 +23,8 @@ Where this follows the released code (Glaciohound/LM-Infinite, ``models/llama.py
     limit below the window caps only the global branch, as in the code; local pairs keep d.
   * The code caches un-rotated keys, as this class does, so cached decoding is exact.
 
-Prefill cost is O(L * (n_global + n_local)): the local band runs on the fused band kernel and the
-global keys outside it on :func:`~harness.methods.attention.global_keys_attention_with_lse`, merged
-by LSE.
+Prefill cost is O(L * (n_global + n_local)): the attention is Lambda-shaped
+(harness.methods.lambda_shaped).
 """
 
 from __future__ import annotations
@@ -33,13 +32,8 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
-from harness.methods.attention import (
-    DEFAULT_BLOCK_BYTES,
-    global_keys_attention_with_lse,
-    merge_by_lse,
-    trailing_band_attention_with_lse,
-)
-from harness.methods.base import WeaveMethod
+from harness.methods.attention import DEFAULT_BLOCK_BYTES
+from harness.methods.lambda_shaped import LambdaShapedMethod
 
 
 def _positive_int(value, what: str) -> int:
@@ -48,7 +42,7 @@ def _positive_int(value, what: str) -> int:
     return value
 
 
-class LMInfinite(WeaveMethod):
+class LMInfinite(LambdaShapedMethod):
     """Lambda-shaped attention: the first ``n_global`` tokens plus a local window, distances capped."""
 
     name = "lm-infinite"
@@ -56,7 +50,6 @@ class LMInfinite(WeaveMethod):
     color = "#8c564b"
     marker = "X"
     order = 60
-    decode_key_copies = 1  # the keys rotated to their true positions (the global branch uses them un-rotated)
 
     def __init__(self, train_length: int, n_global: int = 100, n_local: int | None = None,
                  distance_limit: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES):
@@ -70,32 +63,15 @@ class LMInfinite(WeaveMethod):
                                f"({self.n_local}): every global pair is at least n_local apart")
         self.block_bytes = block_bytes
 
-    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
-        """Rotated q/k, the global branch's q, the band's blocked copies of q/k/v and the partial
-        outputs; explicit kernels add one query block's scores and their softmax."""
-        per_token = shape.heads * shape.head_dim * dtype_bytes
-        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
-        return 5 * length * per_token + 3 * length * kv_per_token + (
-            2 * self.block_bytes if attn_implementation == "eager" else 0)
+    @property
+    def band(self) -> int:
+        return self.n_local
 
-    def attend(self, layer_idx, query, key, value, scaling):
-        lq, lk = query.shape[2], key.shape[2]
-        start = lk - lq  # the queries are the last lq of the lk keys
-        device = query.device
-        query_index = torch.arange(start, lk, device=device)
-        keys = self.rotated_keys(layer_idx, "true", key, torch.arange(lk, device=device), keep=lq < lk, layout="true")
-        local = trailing_band_attention_with_lse(self.rope(query, query_index, "true-queries"), keys, value, scaling,
-                                                 band=self.n_local, kernels=self.kernels, block_bytes=self.block_bytes)
-        first = max(start, self.n_local)  # the first query that sees a global key outside its window
-        if first >= lk:
-            return local[0]
-        i = first - start
-        # Global branch: un-rotated keys, the query rotated to the distance limit.
-        limit = torch.full((lq - i,), self.distance_limit, device=device)
-        global_query = self.rope(query[:, :, i:], limit, "global-queries")
-        n = min(self.n_global, lk)
-        _, far = global_keys_attention_with_lse(global_query, key[:, :, :n], value[:, :, :n], scaling, first,
-                                                band=self.n_local, kernels=self.kernels, block_bytes=self.block_bytes)
-        out = local[0]
-        out[:, :, i:] = merge_by_lse((out[:, :, i:], local[1][:, :, i:]), far)[0]
-        return out
+    @property
+    def global_count(self) -> int:
+        return self.n_global
+
+    def global_rule(self, query, query_index, key, true_key):
+        """Un-rotated keys and the query rotated to the distance limit (the code's "stationary" pair)."""
+        limit = torch.full_like(query_index, self.distance_limit)
+        return self.rope(query, limit, "global-queries"), key

@@ -122,6 +122,34 @@ class Method(ABC):
         return decoder
 
 
+class RotaryMethod(Method):
+    """Base class of the methods that change only the model's rotary module (its frequencies), and
+    so leave attention, the KV cache and sliding-window layers to the model."""
+
+    sliding_window = True
+
+    @abstractmethod
+    def rotary_for(self, model: nn.Module, original: nn.Module) -> nn.Module:
+        """The module that replaces ``original`` (the model's plain-RoPE rotary module); it returns
+        (cos, sin) of shape (B, L, rotary_dim) as ``original`` does."""
+
+    def attach(self, model: nn.Module) -> None:
+        """Replace the decoder's rotary module (an instance attribute); undo puts the original back."""
+        decoder = self.check_model(model)
+        original = decoder.rotary_emb
+        if getattr(original, "rope_type", "default") != "default":
+            raise UnsupportedModelError(
+                f"method {self.name!r} needs plain RoPE; model type {model.config.model_type!r} "
+                f"uses rope_type {original.rope_type!r}"
+            )
+        decoder.rotary_emb = self.rotary_for(model, original)
+
+        def undo() -> None:
+            decoder.rotary_emb = original
+
+        model._harness_undo = undo
+
+
 def decoder_of(model: nn.Module) -> nn.Module:
     """The decoder stack (``model.model`` for *ForCausalLM) that owns ``rotary_emb`` and ``layers``."""
     decoder = getattr(model, "model", model)

@@ -30,26 +30,17 @@ Where this follows the code rather than the paper text, and choices the paper le
     whole sequence. The KV cache itself keeps every token (transformers' cache is not evicted): the
     compute per token is bounded, the memory is Origin's.
 
-Prefill cost is O(L * (S + R)): the recent band runs on the fused band kernel
-(:func:`~harness.methods.attention.trailing_band_attention_with_lse`) and the sinks outside it on
-:func:`~harness.methods.attention.global_keys_attention_with_lse`, merged by LSE.
+Prefill cost is O(L * (S + R)): the attention is Lambda-shaped (harness.methods.lambda_shaped).
 """
 
 from __future__ import annotations
 
-import torch
-
 from harness.errors import HarnessError
-from harness.methods.attention import (
-    DEFAULT_BLOCK_BYTES,
-    global_keys_attention_with_lse,
-    merge_by_lse,
-    trailing_band_attention_with_lse,
-)
-from harness.methods.base import WeaveMethod
+from harness.methods.attention import DEFAULT_BLOCK_BYTES
+from harness.methods.lambda_shaped import LambdaShapedMethod
 
 
-class StreamingLLM(WeaveMethod):
+class StreamingLLM(LambdaShapedMethod):
     """Attention sinks plus a window of recent tokens, positions inside that cache."""
 
     name = "streaming-llm"
@@ -57,7 +48,6 @@ class StreamingLLM(WeaveMethod):
     color = "#9467bd"
     marker = "P"
     order = 50
-    decode_key_copies = 1  # the keys rotated to their true positions
 
     def __init__(self, train_length: int, sink: int = 4, window: int | None = None,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
@@ -72,32 +62,15 @@ class StreamingLLM(WeaveMethod):
         self.window = window
         self.block_bytes = block_bytes
 
-    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
-        """Rotated q/k, the sink-rotated q, the band's blocked copies of q/k/v and the partial
-        outputs; explicit kernels add one query block's scores and their softmax."""
-        per_token = shape.heads * shape.head_dim * dtype_bytes
-        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
-        return 5 * length * per_token + 3 * length * kv_per_token + (
-            2 * self.block_bytes if attn_implementation == "eager" else 0)
+    @property
+    def band(self) -> int:
+        return self.window
 
-    def attend(self, layer_idx, query, key, value, scaling):
-        lq, lk = query.shape[2], key.shape[2]
-        start = lk - lq  # the queries are the last lq of the lk keys
-        device = query.device
-        query_index = torch.arange(start, lk, device=device)
-        keys = self.rotated_keys(layer_idx, "true", key, torch.arange(lk, device=device), keep=lq < lk, layout="true")
-        recent = trailing_band_attention_with_lse(self.rope(query, query_index, "true-queries"), keys, value, scaling,
-                                                  band=self.window, kernels=self.kernels, block_bytes=self.block_bytes)
-        first = max(start, self.window)  # the first query that sees a sink outside its window
-        if self.sink == 0 or first >= lk:
-            return recent[0]
-        i = first - start
-        # Sinks keep their true positions (0..S-1); the query moves to its cache slot.
-        slot = query_index[i:].clamp(max=self.sink + self.window - 1)
-        sink_query = self.rope(query[:, :, i:], slot, "sink-queries")
-        _, sinks = global_keys_attention_with_lse(sink_query, keys[:, :, : self.sink], value[:, :, : self.sink],
-                                                  scaling, first, band=self.window, kernels=self.kernels,
-                                                  block_bytes=self.block_bytes)
-        out = recent[0]
-        out[:, :, i:] = merge_by_lse((out[:, :, i:], recent[1][:, :, i:]), sinks)[0]
-        return out
+    @property
+    def global_count(self) -> int:
+        return self.sink
+
+    def global_rule(self, query, query_index, key, true_key):
+        """Sinks keep their true positions (0..S-1); the query moves to its cache slot."""
+        slot = query_index.clamp(max=self.sink + self.window - 1)
+        return self.rope(query, slot, "sink-queries"), true_key

@@ -41,7 +41,7 @@ from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from harness.errors import HarnessError, UnsupportedModelError
-from harness.methods.method import Method
+from harness.methods.method import RotaryMethod
 from harness.methods.rope import rope_cos_sin
 
 CACHE_SIZE = 16  # frequency tables kept; dynamic decoding meets a new s at every step
@@ -87,7 +87,7 @@ def _number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-class YaRN(Method):
+class YaRN(RotaryMethod):
     """YaRN through transformers' rope_type "yarn"; ``factor`` None is Dynamic YaRN (s = max(1, L / T)).
 
     ``beta_fast``/``beta_slow`` 32/1 are the paper's alpha/beta for LLaMA; ``attention_factor`` None
@@ -98,7 +98,6 @@ class YaRN(Method):
     color = "#e377c2"
     marker = "*"
     order = 80
-    sliding_window = True  # only the rotary module changes; attention is the model's own
     cached_decoding = "approximate"  # the default, dynamic; static YaRN is exact
 
     def __init__(self, train_length: int, factor: float | None = None, beta_fast: float = 32.0,
@@ -116,14 +115,8 @@ class YaRN(Method):
         self.beta_slow = float(beta_slow)
         self.attention_factor = None if attention_factor is None else float(attention_factor)
 
-    def attach(self, model: nn.Module) -> None:
-        """Install YaRN on ``model`` in place (only the rotary module changes)."""
-        decoder = self.check_model(model)
-        original = decoder.rotary_emb
-        if getattr(original, "rope_type", "default") != "default":
-            raise UnsupportedModelError(
-                f"method 'yarn' needs plain RoPE; model type {model.config.model_type!r} uses rope_type {original.rope_type!r}"
-            )
+    def rotary_for(self, model: nn.Module, original: nn.Module) -> nn.Module:
+        """A :class:`YaRNRotary` on a copy of the model's config whose rope_parameters say yarn."""
         config = copy.deepcopy(model.config)
         if getattr(config, "head_dim", None) is None:  # transformers' yarn reads head_dim when the attribute exists
             config.head_dim = config.hidden_size // config.num_attention_heads
@@ -142,9 +135,4 @@ class YaRN(Method):
                 f"method 'yarn': transformers' yarn gives {inv_freq.shape[-1]} frequencies for model type "
                 f"{model.config.model_type!r}, whose rotary module has {original.inv_freq.shape[-1]}"
             )
-        decoder.rotary_emb = rotary
-
-        def undo() -> None:
-            decoder.rotary_emb = original
-
-        model._harness_undo = undo
+        return rotary

@@ -13,9 +13,14 @@ from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
 def test_cached_decoding_equals_full_recomputation(method, arch):
     """Past the training length too, for every method that says so (ReRoPE's positions depend only
     on (t, j), so caching is exact)."""
-    ids = random_ids(2 * TRAIN_LENGTH + 4)
     model = apply_method(tiny_model(arch), method, **TINY_PARAMS[method])
-    prompt = 2 * TRAIN_LENGTH
+    steps, full = decode_vs_recompute(model, random_ids(2 * TRAIN_LENGTH + 4), 2 * TRAIN_LENGTH)
+    torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
+
+
+def decode_vs_recompute(model, ids, prompt):
+    """The last-position logits of each cached decoding step after a prefill of ``prompt`` tokens,
+    and those of recomputing every prefix at once: (steps, full), both (len(ids) - prompt, vocab)."""
     with torch.no_grad():
         out = model(input_ids=ids[:, :prompt], use_cache=True)
         steps = [out.logits[0, -1]]
@@ -23,7 +28,7 @@ def test_cached_decoding_equals_full_recomputation(method, arch):
             out = model(input_ids=ids[:, i : i + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits[0, -1])
         full = model(input_ids=ids[:, :-1]).logits[0, prompt - 1 :]
-    torch.testing.assert_close(torch.stack(steps), full, atol=1e-4, rtol=1e-4)
+    return torch.stack(steps), full
 
 
 def test_applying_a_method_leaves_another_model_untouched():

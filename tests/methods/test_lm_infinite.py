@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.methods import apply_method
 from harness.methods.lm_infinite import LMInfinite
-from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model
 from tests.methods.reference import naive_positional_attention
+from tests.methods.test_parity import assert_origin_until
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, bound, qkv
 
 
@@ -40,13 +39,7 @@ def test_matches_naive_definition(kernels, inv_freq, n_global, n_local, limit, l
 
 
 def test_equals_origin_inside_the_local_window_and_differs_after(arch):
-    n_local = 60
-    ids = random_ids(3 * TRAIN_LENGTH)
-    with torch.no_grad():
-        origin = tiny_model(arch)(ids).logits[0]
-        got = apply_method(tiny_model(arch), "lm-infinite", n_global=4, n_local=n_local)(ids).logits[0]
-    torch.testing.assert_close(got[:n_local], origin[:n_local], atol=1e-4, rtol=1e-4)
-    assert (got[n_local:] - origin[n_local:]).abs().max() > 0.5
+    assert_origin_until(arch, "lm-infinite", 60, n_global=4, n_local=60)
 
 
 def test_defaults_follow_the_training_length():

@@ -58,6 +58,17 @@ def test_methods_differ_from_origin_beyond_training_length(method):
     assert (got - origin).abs().max() > 0.5
 
 
+def assert_origin_until(arch, method, boundary, **params):
+    """``method`` gives Origin's logits at positions < ``boundary`` (its window or cache) and
+    clearly others after it, on a 3T-token input."""
+    ids = random_ids(3 * TRAIN_LENGTH)
+    with torch.no_grad():
+        origin = tiny_model(arch)(ids).logits[0]
+        got = apply_method(tiny_model(arch), method, **params)(ids).logits[0]
+    torch.testing.assert_close(got[:boundary], origin[:boundary], atol=1e-4, rtol=1e-4)
+    assert (got[boundary:] - origin[boundary:]).abs().max() > 0.5
+
+
 def test_generate_works_for_every_method(arch):
     ids = random_ids(3 * TRAIN_LENGTH)
     for method in METHODS:

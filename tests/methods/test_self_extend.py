@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.methods import apply_method
 from harness.methods.mesa import Mesa
 from harness.methods.self_extend import SelfExtend
-from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model
 from tests.methods.reference import naive_attention
+from tests.methods.test_parity import assert_origin_until
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, bound, qkv
 
 T = 128
@@ -65,13 +64,7 @@ def test_stair_pe_is_self_extend_where_the_paper_says(n, e):
 
 
 def test_equals_origin_inside_the_window_and_differs_after(arch):
-    window = 60
-    ids = random_ids(3 * TRAIN_LENGTH)
-    with torch.no_grad():
-        origin = tiny_model(arch)(ids).logits[0]
-        got = apply_method(tiny_model(arch), "self-extend", group_size=4, window=window)(ids).logits[0]
-    torch.testing.assert_close(got[:window], origin[:window], atol=1e-4, rtol=1e-4)
-    assert (got[window:] - origin[window:]).abs().max() > 0.5
+    assert_origin_until(arch, "self-extend", 60, group_size=4, window=60)
 
 
 @pytest.mark.parametrize("params", [dict(group_size=0), dict(window=-1), dict(window=2.5), dict(group_size=True)])

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.methods import apply_method
 from harness.methods.streaming_llm import StreamingLLM
-from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model
 from tests.methods.reference import naive_positional_attention
+from tests.methods.test_parity import assert_origin_until
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, bound, qkv
 
 
@@ -37,14 +36,7 @@ def test_matches_naive_cache_positions(kernels, inv_freq, sink, window, lq, lk):
 
 
 def test_equals_origin_until_the_cache_is_full_and_differs_after(arch):
-    sink, window = 4, 60
-    ids = random_ids(3 * TRAIN_LENGTH)
-    with torch.no_grad():
-        origin = tiny_model(arch)(ids).logits[0]
-        got = apply_method(tiny_model(arch), "streaming-llm", sink=sink, window=window)(ids).logits[0]
-    full = sink + window
-    torch.testing.assert_close(got[:full], origin[:full], atol=1e-4, rtol=1e-4)
-    assert (got[full:] - origin[full:]).abs().max() > 0.5
+    assert_origin_until(arch, "streaming-llm", 4 + 60, sink=4, window=60)
 
 
 def test_default_window_fills_the_training_length():

@@ -9,6 +9,7 @@ import torch
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods import apply_method, remove_method
 from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model
+from tests.methods.test_api import decode_vs_recompute
 from tests.methods.test_parity import prefill_and_decode
 
 
@@ -183,27 +184,16 @@ def test_remove_restores_the_original_rotary_module():
 
 
 # -- 4. cached decoding and parameters ---------------------------------------------------------------
-def _decode_vs_recompute(model, ids, prompt):
-    with torch.no_grad():
-        out = model(input_ids=ids[:, :prompt], use_cache=True)
-        steps = [out.logits[0, -1]]
-        for i in range(prompt, ids.shape[1] - 1):
-            out = model(input_ids=ids[:, i : i + 1], cache=out.cache, use_cache=True)
-            steps.append(out.logits[0, -1])
-        full = model(input_ids=ids[:, :-1]).logits[0, prompt - 1 :]
-    return torch.stack(steps), full
-
-
 def test_static_cached_decoding_equals_recomputation(arch):
     ids = random_ids(2 * TRAIN_LENGTH + 4)
-    steps, full = _decode_vs_recompute(apply_method(tiny_model(arch), "yarn", factor=4.0), ids, 2 * TRAIN_LENGTH)
+    steps, full = decode_vs_recompute(apply_method(tiny_model(arch), "yarn", factor=4.0), ids, 2 * TRAIN_LENGTH)
     torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)
 
 
 def test_dynamic_cached_decoding_is_approximate_past_training_length():
     """Documented: cached keys keep the s they were rotated with."""
     ids = random_ids(2 * TRAIN_LENGTH + 4)
-    steps, full = _decode_vs_recompute(apply_method(tiny_model(), "yarn"), ids, 2 * TRAIN_LENGTH)
+    steps, full = decode_vs_recompute(apply_method(tiny_model(), "yarn"), ids, 2 * TRAIN_LENGTH)
     assert not torch.allclose(steps[1:], full[1:], atol=1e-4)
 
 

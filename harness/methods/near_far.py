@@ -1,0 +1,98 @@
+"""Two RoPE rules in one attention: true positions near the diagonal, another rule far from it.
+
+For the query at true index t and a key j <= t: pairs with t - j < ``window`` use ordinary RoPE;
+the others use the query rotated to ``far_query_positions(t)`` and the key to
+``far_key_positions(j)``. ReRoPE and Leaky-ReRoPE (distances clipped or compressed) and
+Self-Extend (grouped positions) are such methods.
+
+A prefill is two attentions merged exactly by their log-sum-exp: the near band (O(L * window)
+work, :func:`~harness.methods.attention.band_attention_with_lse`) and the far part, which is plain
+top-left causal attention of queries window.. over keys ..L-window and so runs on the device's
+fused kernel. Cached steps (decoding) use the banded two-rule kernel, keeping the rotated keys of
+both rules between steps. Both rules depend only on (t, j) and the sequence length, so cached
+decoding is exact whenever the far rule does not depend on the length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.methods.attention import (
+    attention_with_lse,
+    band_attention_with_lse,
+    banded_two_rule_attention,
+    merge_by_lse,
+)
+from harness.methods.base import WeaveMethod
+
+
+class NearFarMethod(WeaveMethod):
+    """Base class: subclasses set ``window``, ``logn`` and ``block_bytes`` and implement the far
+    rule's positions."""
+
+    window: int
+    logn: bool = False  # log-n query scaling (the ReRoPE reference code's)
+    decode_key_copies = 1  # the near-rotated keys (plus the far-rotated ones where the far rule rotates keys)
+
+    def far_query_positions(self, query_index: torch.Tensor, length: int) -> torch.Tensor:
+        """Positions (n,) of the queries at true indices ``query_index`` for their far pairs, in a
+        sequence of ``length`` keys."""
+        raise NotImplementedError
+
+    def far_key_positions(self, key_index: torch.Tensor, length: int) -> tuple[torch.Tensor | None, object]:
+        """(positions (n,) of the keys for their far pairs, or None for un-rotated keys; the layout
+        that names the rule, see :meth:`WeaveMethod.rotated_keys`)."""
+        raise NotImplementedError
+
+    def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
+        """Near-rotated q/k, far-rotated q (and k), the band's blocked (padded, flipped) copies of
+        q/k/v, two partial outputs and the merged one; explicit kernels add the scores of one query
+        block (``block_bytes``) and their softmax."""
+        per_token = shape.heads * shape.head_dim * dtype_bytes
+        kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
+        fused = 5 * length * per_token + (2 + self.decode_key_copies) * length * kv_per_token
+        return fused + (2 * self.block_bytes if attn_implementation == "eager" else 0)
+
+    def attend(self, layer_idx, query, key, value, scaling):
+        lq, lk = query.shape[2], key.shape[2]
+        if self.logn:
+            query = query * self.logn_factor(lk - lq, lq, query)
+        if lq == lk and lq > 1:
+            return self._prefill(query, key, value, scaling)
+        return self._attend_cached(layer_idx, query, key, value, scaling)
+
+    def _prefill(self, query, key, value, scaling):
+        """Near band + far part, each (out, LSE), merged: no L x L tensor anywhere."""
+        length, w = key.shape[2], self.window
+        index = torch.arange(length, device=query.device)
+        near = band_attention_with_lse(self.rope(query, index, "true"), self.rope(key, index, "true"), value, scaling,
+                                       band=w, kernels=self.kernels, block_bytes=self.block_bytes)
+        if length <= w:  # every pair is near
+            return near[0]
+        # Far pairs: query t >= w over keys j <= t - w, i.e. row t - w of a top-left causal
+        # attention over keys 0..L-w-1.
+        far_query = self.rope(query[:, :, w:], self.far_query_positions(index[w:], length), "far-queries")
+        far_key = key[:, :, : length - w]
+        positions, _ = self.far_key_positions(index[: length - w], length)
+        if positions is not None:
+            far_key = self.rope(far_key, positions, "far-keys")
+        far = attention_with_lse(far_query, far_key, value[:, :, : length - w], scaling, causal=True,
+                                 kernels=self.kernels, block_bytes=self.block_bytes)
+        out = near[0]
+        out[:, :, w:] = merge_by_lse((near[0][:, :, w:], near[1][:, :, w:]), far)[0]
+        return out
+
+    def _attend_cached(self, layer_idx, query, key, value, scaling):
+        """Queries that are the last Lq of Lk cached keys (decoding), explicit two-rule scores."""
+        lq, lk = query.shape[2], key.shape[2]
+        device = query.device
+        query_index = torch.arange(lk - lq, lk, device=device)
+        key_index = torch.arange(lk, device=device)
+        keep = lq < lk  # decoding: keep rotated keys for the next step
+        near_query = self.rope(query, query_index, "near-queries")
+        near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep, layout="true")
+        far_query = self.rope(query, self.far_query_positions(query_index, lk), "far-queries")
+        positions, layout = self.far_key_positions(key_index, lk)
+        far_key = key if positions is None else self.rotated_keys(layer_idx, "far", key, positions, keep, layout)
+        return banded_two_rule_attention(near_query, near_key, [far_query], [far_key], value, lk - lq,
+                                         band=self.window, scaling=scaling, block_bytes=self.block_bytes)
