@@ -44,6 +44,7 @@ _EXTRA_COLORS = ["#7f7f7f", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896
                  "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 _EXTRA_MARKERS = ["<", ">", "p", "d", "8", "H", "P", "X", "*", "h"]
 # No timestamps or tool versions in the files: the same rows draw byte-identical figures.
+LEGEND_INSIDE_MAX = 6  # series a legend may list inside the panel
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 Z95 = 1.959963984540054
 
@@ -218,7 +219,10 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        if len(all_methods) > LEGEND_INSIDE_MAX:  # beside the panel: inside it would hide points
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
+        else:
+            ax.legend(fontsize=7, loc="best", framealpha=0.8)
     return _save(fig, out_dir, figure.file)
 
 
