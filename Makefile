@@ -44,7 +44,8 @@ clean:
 
 # The committed reproductions: the CPU one, and the GPU check's rows once they exist.
 FIGURES_FROM ?= $(wildcard results/cpu-smollm2 results/gpu-h100)
-figures: $(STAMP)  ## every figure of the committed reproductions (or FIGURES_FROM=dir) -> <dir>/figures/
+figures: $(STAMP)  ## every figure of the committed reproductions (or FIGURES_FROM=dir) -> <dir>/figures/, and <dir>/compare.csv
 	@for dir in $(FIGURES_FROM); do \
-		$(PYTHON) -m harness.collect --results $$dir && $(PYTHON) -m plots --results $$dir/all.csv || exit 1; \
+		$(PYTHON) -m harness.collect --results $$dir && $(PYTHON) -m harness.compare --results $$dir/all.csv \
+			&& $(PYTHON) -m plots --results $$dir/all.csv || exit 1; \
 	done

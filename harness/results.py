@@ -257,12 +257,35 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(ROW_KEY).reset_index(drop=True)
 
 
+def read_rows(path: Path) -> pd.DataFrame:
+    """Every row under a results directory (its ``runs/**/*.csv``), or of one collected CSV."""
+    path = Path(path)
+    if path.is_file():
+        return pd.read_csv(path, dtype=text_columns())
+    if not (path / "runs").is_dir():
+        raise HarnessError(f"{path} is neither a collected CSV nor a results directory with runs/ "
+                           "(run python -m harness first, or give --results)")
+    frames = [ResultsFile(f, []).read() for f in sorted(path.glob("runs/**/*.csv"))]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMMON_COLUMNS)
+
+
+def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows run with a non-default attention implementation become a series of their own
+    ("<method> (eager)"), so they are never averaged or paired with the same method's sdpa rows."""
+    if "attn_implementation" not in frame.columns:
+        return frame
+    other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
+    if not other.any():
+        return frame
+    frame = frame.copy()
+    frame.loc[other, "method"] = frame.loc[other, "method"] + " (" + frame.loc[other, "attn_implementation"] + ")"
+    return frame
+
+
 def collect(root: Path, out: Path) -> pd.DataFrame:
     """Concatenate every job's CSV under ``root`` into one CSV at ``out`` (written atomically)."""
-    files = sorted(Path(root).glob("runs/**/*.csv"))
-    frames = [ResultsFile(f, []).read() for f in files]
-    frames = [f for f in frames if len(f)]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMMON_COLUMNS)
+    table = read_rows(root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     table.to_csv(tmp, index=False)

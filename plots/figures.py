@@ -27,7 +27,10 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from harness import REPO_ROOT  # noqa: E402
-from harness.methods import METHODS  # noqa: E402
+from harness.compare import paired_rows  # noqa: E402
+from harness.methods import METHODS, method_names  # noqa: E402
+from harness.results import series_by_attention  # noqa: E402
+from harness.stats import wilson  # noqa: E402
 from tasks import task_class  # noqa: E402
 from tasks.base import Figure  # noqa: E402
 
@@ -44,9 +47,9 @@ _EXTRA_COLORS = ["#7f7f7f", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896
                  "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 _EXTRA_MARKERS = ["<", ">", "p", "d", "8", "H", "P", "X", "*", "h"]
 # No timestamps or tool versions in the files: the same rows draw byte-identical figures.
+ALPHA = 0.05  # points significantly better than Origin (paired exact tests) are ringed
 LEGEND_INSIDE_MAX = 6  # series a legend may list inside the panel
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
-Z95 = 1.959963984540054
 
 
 def split_series(series: str) -> tuple[str, str | None]:
@@ -80,15 +83,6 @@ def series_order(series: str) -> tuple:
     if cls is None:
         return (2, 0, series)
     return (0 if variant is None else 1, cls.order, series)
-
-
-def wilson(successes, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """The Wilson score interval (lower, upper) of a binomial proportion, elementwise."""
-    k, n = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
 def length_label(length) -> str:
@@ -174,6 +168,7 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
         return []
     all_methods = methods_in(frame)
     models = sorted(rows["model"].unique())
+    better = better_than_baseline(rows)
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = rows[rows["model"] == model]
@@ -198,10 +193,14 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
                             linewidth=1.4, elinewidth=1, label=st["label"])
             else:
                 ax.plot(x, stats["mean"], color=st["color"], marker=st["marker"], label=st["label"])
-                if (stats["count"] > 1).any():
-                    spread = stats["std"].fillna(0)
-                    ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread, color=st["color"], alpha=0.15,
-                                    linewidth=0)
+            ringed = stats["length"].map(lambda length: (model, method, int(length)) in better).to_numpy(dtype=bool)
+            if ringed.any():
+                ax.scatter(x[ringed], stats["mean"][ringed], s=170, facecolors="none", edgecolors=st["color"],
+                           linewidths=1.4, zorder=6)
+            if band != "wilson" and (stats["count"] > 1).any():
+                spread = stats["std"].fillna(0)
+                ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread, color=st["color"], alpha=0.15,
+                                linewidth=0)
             failed = cell[cell["status"] != "ok"].groupby("length")["status"].agg(lambda s: s.mode().iloc[0])
             failed = failed[~failed.index.isin(ok["length"])]  # lengths with no ok sample at all
             for length, status in failed.items():
@@ -210,6 +209,9 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
                 ax.scatter([length * shift], [y], marker="x", s=60, color=st["color"], clip_on=False, zorder=5)
                 ax.annotate(status.upper(), (length * shift, y), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=7, color=st["color"])
+        if any(key[0] == model for key in better):
+            ax.scatter([], [], s=170, facecolors="none", edgecolors="black", linewidths=1.4,
+                       label=f"ringed: better than {style(method_names()[0])['label']} (paired exact test, p < {ALPHA})")
         if length_unit(task) == "tokens":  # a length in lines cannot be compared with a training length
             _mark_training_length(ax, model)
         log2_length_axis(ax, sub["length"], xlabel)
@@ -224,6 +226,15 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
         else:
             ax.legend(fontsize=7, loc="best", framealpha=0.8)
     return _save(fig, out_dir, figure.file)
+
+
+def better_than_baseline(rows: pd.DataFrame, alpha: float | None = None) -> set[tuple[str, str, int]]:
+    """(model, series, length) where the series is significantly better than the baseline (the
+    first method in the methods' order, Origin) on the same inputs (python -m harness.compare)."""
+    alpha = ALPHA if alpha is None else alpha
+    pairs = paired_rows(rows)
+    hits = pairs[(pairs["second"] == method_names()[0]) & (pairs["p_value"] < alpha) & (pairs["better"] == "first")]
+    return {(model, first, int(length)) for model, first, length in zip(hits["model"], hits["first"], hits["length"])}
 
 
 def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
@@ -328,19 +339,6 @@ def captions() -> dict[str, str]:
     from tasks import TASKS
 
     return {name: " ".join(f.caption for f in cls.figures) for name, cls in TASKS.items() if cls.figures}
-
-
-def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows run with a non-default attention implementation become a series of their own
-    ("<method> (eager)"), so they are never averaged with the same method's sdpa rows."""
-    if "attn_implementation" not in frame.columns:
-        return frame
-    other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
-    if not other.any():
-        return frame
-    frame = frame.copy()
-    frame.loc[other, "method"] = frame.loc[other, "method"] + " (" + frame.loc[other, "attn_implementation"] + ")"
-    return frame
 
 
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:

@@ -41,6 +41,7 @@ class TaskInput:
 # name -> class of every task defined so far; ``import tasks`` defines the built-in ones.
 TASKS: dict[str, type[Task]] = {}
 LENGTH_UNITS = ("tokens", "lines")
+SCORE_KINDS = ("binary", "continuous", None)
 FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency")
 
 
@@ -70,12 +71,19 @@ class Task:
     # Of those, the ones measured rather than computed: they differ between two runs of a sweep.
     timing_columns: ClassVar[tuple[str, ...]] = ()
     figures: ClassVar[tuple[Figure, ...]] = ()
+    # How python -m harness.compare pairs two methods' scores on the same inputs: "binary" (0/1
+    # scores: McNemar's exact test), "continuous" (the exact sign-flip test), None (not compared,
+    # e.g. timings); and which direction of ``score`` is better.
+    score_kind: ClassVar[str | None] = None
+    higher_is_better: ClassVar[bool] = True
     needs_tokenizer = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             return
+        if cls.score_kind not in SCORE_KINDS:
+            raise TypeError(f"task {cls.name!r}: score_kind must be one of {SCORE_KINDS}, got {cls.score_kind!r}")
         if cls.length_unit not in LENGTH_UNITS:
             raise TypeError(f"task {cls.name!r}: length_unit must be one of {LENGTH_UNITS}, got {cls.length_unit!r}")
         if not set(cls.timing_columns) <= set(cls.columns):

@@ -138,6 +138,7 @@ class LongEvalTask(Task):
 
     name = "longeval"
     metric = "accuracy"
+    score_kind = "binary"
     length_unit = "lines"
     columns = {"expected": int, "line": int, "depth": float, "answer": str}
     figures = (Figure("longeval_accuracy", "accuracy", "LongEval lines", "accuracy (95% Wilson interval)",

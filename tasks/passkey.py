@@ -79,6 +79,7 @@ class PasskeyTask(Task):
 
     name = "passkey"
     metric = "accuracy"
+    score_kind = "binary"
     columns = {"key": int, "depth": float, "answer": str}
     figures = (Figure("passkey_accuracy", "accuracy", "Passkey retrieval", "accuracy (95% Wilson interval)",
                       "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "

@@ -36,6 +36,8 @@ BOS_CHOICES = ("auto", True, False)
 class PplTask(Task):
     name = "ppl"
     metric = "nll"
+    score_kind = "continuous"
+    higher_is_better = False  # NLL
     # and nll_q1..nll_qK (floats), K = ``buckets``: see __init__
     columns = {"doc_id": str, "offset": int, "bos": bool, "ppl": float, "scored_tokens": int}
     figures = (Figure("ppl_nll", "mean_std", "Perplexity", "NLL (nats/token, mean +- std over documents)",
