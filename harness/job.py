@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from harness.devices import check_device
 from harness.errors import HarnessError
 from harness.results import config_hash
+from tasks import TASKS
 
 DTYPES = ("float32", "float16", "bfloat16")
 # Keys of a conf/method node that are not the method's parameters: its name, and the class that
@@ -85,6 +86,10 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("lengths", None)
     task.pop("samples", None)
+    task_cls = TASKS.get(cfg.task.name)
+    for key, neutral in (task_cls.hash_neutral_defaults if task_cls else {}).items():
+        if key in task and task[key] == neutral:
+            del task[key]
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
         model.pop(where, None)

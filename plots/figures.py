@@ -322,9 +322,56 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+DEPTH_BINS = 5  # rows of a depth map: equal fifths of the filler, start to end
+DEPTH_MAP_COLUMNS = 5  # panels per row of the depth figure
+
+
+def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
+    """Accuracy by needle depth (rows: ``DEPTH_BINS`` equal bins of the ``depth`` column) and length
+    (columns), one panel per method and a row of panels per model; cells read "retrieved/samples"."""
+    rows = frame[(frame["task"] == task) & (frame["status"] == "ok")]
+    if rows.empty or "depth" not in rows.columns:
+        return []
+    rows = rows.dropna(subset=["depth"]).assign(
+        depth_bin=lambda r: np.minimum((r["depth"].astype(float) * DEPTH_BINS).astype(int), DEPTH_BINS - 1))
+    methods, models = methods_in(rows), sorted(rows["model"].unique())
+    lengths = sorted(rows["length"].unique())
+    columns = min(DEPTH_MAP_COLUMNS, len(methods))
+    rows_per_model = -(-len(methods) // columns)
+    fig, axes = plt.subplots(len(models) * rows_per_model, columns, squeeze=False, layout="constrained",
+                             figsize=(0.55 * len(lengths) * columns + 1.5, 2.4 * len(models) * rows_per_model + 0.4))
+    for m in range(len(models)):  # the last row of each model's panels may have empty places
+        for ax in axes[(m + 1) * rows_per_model - 1][len(methods) - (rows_per_model - 1) * columns:]:
+            ax.axis("off")
+    edges = np.linspace(0, 1, DEPTH_BINS + 1)
+    for m, model in enumerate(models):
+        panels = axes[m * rows_per_model : (m + 1) * rows_per_model].flat
+        for k, (ax, method) in enumerate(zip(panels, methods)):
+            cell = rows[(rows["model"] == model) & (rows["method"] == method)]
+            grid = cell.pivot_table(index="depth_bin", columns="length", values="score", aggfunc=["sum", "count"])
+            hits = grid["sum"].reindex(index=range(DEPTH_BINS), columns=lengths) if len(cell) else None
+            counts = grid["count"].reindex(index=range(DEPTH_BINS), columns=lengths) if len(cell) else None
+            accuracy = (hits / counts).to_numpy(dtype=float) if len(cell) else np.full((DEPTH_BINS, len(lengths)), np.nan)
+            ax.imshow(np.ma.masked_invalid(accuracy), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+            ax.set_facecolor("#dddddd")
+            for i in range(DEPTH_BINS):
+                for j in range(len(lengths)):
+                    if not np.isnan(accuracy[i, j]):
+                        ax.text(j, i, f"{int(hits.iloc[i, j])}/{int(counts.iloc[i, j])}", ha="center", va="center",
+                                fontsize=6)
+            st = style(method)
+            ax.set_title(f"{st['label']}: {model}", fontsize=8, color=st["color"])
+            ax.set_xticks(range(len(lengths)), [length_label(v) for v in lengths], fontsize=7)
+            ax.set_yticks(range(DEPTH_BINS), [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])], fontsize=7)
+            if k % columns == 0:
+                ax.set_ylabel(figure.ylabel, fontsize=7)
+    fig.suptitle(figure.title, fontsize=10)
+    return _save(fig, out_dir, figure.file)
+
+
 # Figure.kind -> the function that draws it
 PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
-         "memory_and_latency": plot_memory_and_latency}
+         "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map}
 
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:

@@ -42,7 +42,7 @@ class TaskInput:
 TASKS: dict[str, type[Task]] = {}
 LENGTH_UNITS = ("tokens", "lines")
 SCORE_KINDS = ("binary", "continuous", None)
-FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency")
+FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class Task:
     # e.g. timings); and which direction of ``score`` is better.
     score_kind: ClassVar[str | None] = None
     higher_is_better: ClassVar[bool] = True
+    # Options added after rows were committed, with the value that reproduces those rows: left out
+    # of the results hash at that value, so the committed files stay resumable.
+    hash_neutral_defaults: ClassVar[dict[str, Any]] = {}
     needs_tokenizer = True
 
     def __init_subclass__(cls, **kwargs):

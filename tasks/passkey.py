@@ -1,8 +1,13 @@
-"""Passkey retrieval (paper Figure 3): find a 1..10^7 number hidden at a random depth in filler.
+"""Passkey retrieval (paper Figure 3): find a 1..10^7 number hidden at a depth in filler.
 
 A sample is a pure function of (tokenizer, template, length, seed, index): the same inputs give
 the same tokens for every method. ``length`` counts the model's tokens of the whole prompt; the
 filler is cut so the prompt is as long as possible without exceeding it.
+
+The depth is random per sample (the paper's protocol), or, with ``depths`` (fractions of the
+filler, e.g. [0, 0.25, 0.5, 0.75, 1]), sample i sits at ``depths[i % len(depths)]`` with the same
+key as the random-depth sample i: set ``samples`` to a multiple of the number of depths. The
+depth figure maps accuracy by depth and length per method, in five depth bins, for either kind.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from harness.errors import HarnessError
 from tasks.base import Figure, Task, TaskInput, greedy_generate
 from tasks.prompts import format_prompt
 
@@ -45,11 +51,13 @@ def _prompt(tokenizer, template: str, n_filler: int, slot: int, key: int) -> lis
     return tokenizer.encode(prompt, add_special_tokens=template != "chat")
 
 
-def make_sample(tokenizer, template: str, length: int, seed: int, index: int) -> PasskeySample:
-    """The index-th passkey prompt of at most ``length`` tokens."""
+def make_sample(tokenizer, template: str, length: int, seed: int, index: int,
+                depth: float | None = None) -> PasskeySample:
+    """The index-th passkey prompt of at most ``length`` tokens, the needle at ``depth`` (a
+    fraction of the filler; None: random)."""
     rng = _rng(seed, length, index)
     key = rng.randint(1, 10**7)
-    depth_fraction = rng.random()
+    depth_fraction = rng.random() if depth is None else depth
 
     def build(n: int) -> list[int]:
         return _prompt(tokenizer, template, n, round(depth_fraction * n), key)
@@ -84,18 +92,31 @@ class PasskeyTask(Task):
     figures = (Figure("passkey_accuracy", "accuracy", "Passkey retrieval", "accuracy (95% Wilson interval)",
                       "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "
                       "Wilson intervals; n above the panel = samples per method and length; dashed line = the model's "
-                      "training length; x = a length where every sample failed (OOM/ERR)."),)
+                      "training length; x = a length where every sample failed (OOM/ERR)."),
+               Figure("passkey_depth", "depth_map", "Passkey retrieval by depth", "needle depth (fraction of the filler)",
+                      "Passkey accuracy by needle depth (rows, five bins from the start of the filler to its end) and "
+                      "input length (columns), one panel per method; each cell shows retrieved/samples."))
+    # Options added after the first committed rows, at the value that reproduces those rows: left
+    # out of the results hash so those rows' files stay resumable.
+    hash_neutral_defaults = {"depths": None}
 
-    def __init__(self, *args, max_new_tokens: int = 8, **kwargs):
+    def __init__(self, *args, max_new_tokens: int = 8, depths: list[float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_new_tokens = int(max_new_tokens)
+        if depths is not None:
+            depths = [depths] if isinstance(depths, (int, float)) else list(depths)
+            if not depths or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1
+                                     for d in depths):
+                raise HarnessError(f"task.depths must be null or a list of fractions in [0, 1], got {depths!r}")
+        self.depths = depths
 
     @classmethod
     def generated_tokens(cls, params: dict) -> int:
         return int(params["max_new_tokens"])
 
     def build_input(self, length: int, index: int) -> TaskInput:
-        sample = make_sample(self.tokenizer, self.prompt_template, length, self.seed, index)
+        depth = None if self.depths is None else float(self.depths[index % len(self.depths)])
+        sample = make_sample(self.tokenizer, self.prompt_template, length, self.seed, index, depth)
         return TaskInput(sample.input_ids, {"key": sample.key, "depth": round(sample.depth, 4)})
 
     def evaluate(self, model, task_input: TaskInput) -> dict:

@@ -160,3 +160,23 @@ def test_eager_rows_are_their_own_series():
     assert (series[series["method"] == "origin"]["prefill_s"] < 99).all()
     assert style("origin (eager)")["label"] == "Origin (eager attention)"
     assert series_by_attention(table()).equals(table())  # rows without the column are left alone
+
+
+def test_depth_map_counts_retrievals_per_depth_bin_and_length(tmp_path):
+    frame = table(tasks=("passkey",), models=("smollm2-135m",))
+    frame["depth"] = (frame["sample"] * 0.45).clip(upper=1.0)  # samples 0, 1, 2 -> bins 0, 2, 4
+    import matplotlib.pyplot as plt
+
+    from plots.figures import plot_depth_map
+    from tasks.passkey import PasskeyTask
+
+    plot_task(frame, "passkey", tmp_path)
+    assert (tmp_path / "passkey_depth.png").exists()
+
+    depth_figure = [f for f in PasskeyTask.figures if f.kind == "depth_map"][0]
+    fig = _figure_of(lambda f, out: plot_depth_map(f, "passkey", depth_figure, out), frame, tmp_path)
+    mesa = [ax for ax in fig.axes if ax.get_title().startswith("Mesa")][0]
+    cells = {t.get_text() for t in mesa.texts}
+    ok = frame[(frame.method == "mesa") & (frame.status == "ok")]
+    assert cells == {f"{int(s)}/1" for s in ok.score}  # one sample per (bin, length) cell
+    plt.close(fig)

@@ -34,6 +34,36 @@ def test_depth_follows_the_needle():
     assert abs(at - sample.depth) < 0.1
 
 
+def test_chosen_depths_keep_the_random_samples_keys():
+    """task.depths: sample i at depths[i % D] (to within one filler sentence), same key as the
+    random-depth sample i, a different input for every depth."""
+    depths = [0.0, 0.25, 0.5, 0.75, 1.0]
+    samples = [passkey.make_sample(TOKENIZER, "raw", 3000, seed=1, index=i, depth=depths[i % 5]) for i in range(10)]
+    for i, sample in enumerate(samples):
+        assert sample.key == passkey.make_sample(TOKENIZER, "raw", 3000, seed=1, index=i).key
+        assert abs(sample.depth - depths[i % 5]) < 0.02
+        text = TOKENIZER.decode(sample.input_ids)
+        at = text.index(passkey.NEEDLE.format(key=sample.key)) / len(text)
+        assert abs(at - depths[i % 5]) < 0.1
+    assert len({tuple(s.input_ids) for s in samples}) == 10
+
+
+def test_depths_option_is_checked_and_leaves_the_default_hash_alone(tmp_path):
+    from harness.errors import HarnessError
+    from harness.job import results_path
+    from tests.test_runner import config
+
+    default = results_path(config(tmp_path))[1]
+    assert results_path(config(tmp_path, "task.depths=null"))[1] == default  # committed files stay resumable
+    chosen = config(tmp_path, "task.depths=[0,0.5,1]")
+    assert results_path(chosen)[1] != default
+    with pytest.raises(HarnessError, match="^task.depths must be null or a list of fractions"):
+        passkey.PasskeyTask([1000], 2, TOKENIZER, depths=[0.5, 2])
+    task = passkey.PasskeyTask([1000], 4, TOKENIZER, depths=[0.25, 0.75])
+    got = [task.build_input(1000, i).info["depth"] for i in range(4)]
+    assert all(abs(d - want) < 0.03 for d, want in zip(got, [0.25, 0.75, 0.25, 0.75]))
+
+
 def test_too_short_length_is_refused():
     with pytest.raises(ValueError, match="shorter than the prompt"):
         passkey.make_sample(TOKENIZER, "raw", 50, seed=0, index=0)
