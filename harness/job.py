@@ -14,7 +14,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from harness.devices import check_device
 from harness.errors import HarnessError
 from harness.results import config_hash
-from tasks import TASKS
 
 DTYPES = ("float32", "float16", "bfloat16")
 # Keys of a conf/method node that are not the method's parameters: its name, and the class that
@@ -47,10 +46,21 @@ def check_lengths(lengths) -> list[int]:
     return out
 
 
+def task_class(task_cfg: DictConfig):
+    """The class a ``conf/task`` node builds (its ``_target_``), imported but not built."""
+    from hydra.utils import get_class
+
+    from tasks import Task
+
+    target = task_cfg.get("_target_")
+    return get_class(target) if target else Task
+
+
 def check_job(cfg: DictConfig) -> tuple[list[int], int]:
     """Everything about a job that can be checked without loading anything: (lengths, samples).
 
-    ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work."""
+    ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work. A task
+    that evaluates whole lengths has no ``samples`` (0 here): it decides them itself."""
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise HarnessError(f"seed must be an integer, got {seed!r}")
@@ -58,9 +68,13 @@ def check_job(cfg: DictConfig) -> tuple[list[int], int]:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
     check_device(cfg.device)
     lengths = check_lengths(cfg.task.get("lengths"))
-    samples = cfg.task.get("samples")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-        raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    cls = task_class(cfg.task)
+    samples = 0
+    if not cls.whole_length:
+        samples = cfg.task.get("samples")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+            raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+    cls.check_params(OmegaConf.to_container(cfg.task, resolve=True))
     return lengths, samples
 
 
@@ -86,8 +100,7 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("lengths", None)
     task.pop("samples", None)
-    task_cls = TASKS.get(cfg.task.name)
-    for key, neutral in (task_cls.hash_neutral_defaults if task_cls else {}).items():
+    for key, neutral in task_class(cfg.task).hash_neutral_defaults.items():
         if key in task and task[key] == neutral:
             del task[key]
     model = OmegaConf.to_container(cfg.model, resolve=True)

@@ -158,9 +158,14 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     method = method_from_config(cfg.method, train_length)  # checks the method's settings too
     shape, source = model_shape(model_cfg)
     new_tokens = task.generated_tokens(task_params)
+    if task.whole_length:  # the task decides its samples; a length is done once it has rows
+        samples = task.samples_per_length(task_params)
     cells = []
     for length in lengths:
-        n_done = sum((length, i) in done for i in range(samples))
+        if task.whole_length:
+            n_done = samples if any(key[0] == length for key in done) else 0
+        else:
+            n_done = sum((length, i) in done for i in range(samples))
         tokens = task.prompt_tokens(length, task_params)
         memory = estimate_memory(shape, method, tokens, new_tokens, task.logits_positions(task_params), cfg.dtype,
                                  model_cfg.get("attn_implementation") or "sdpa") if shape else {}
@@ -170,6 +175,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         first = cells[0]
         notes.append(f"length counts {task.length_unit}, not tokens; tokens and memory use the task's estimate of an "
                      f"input's tokens ({first.prompt_tokens:,} for {first.length} {task.length_unit})")
+    notes += task.plan_notes(task_params)
     return JobPlan(f"model={cfg.model.name} method={method.name} task={cfg.task.name}", path, cells, source, notes)
 
 

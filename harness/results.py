@@ -19,6 +19,10 @@ Why this is safe:
 * a write that fails (disk full, quota) is rolled back to the last whole row and stops the job
   with a one-line error; nothing already written is touched.
 The results directory must be on a filesystem with POSIX locks (local disks and NFS have them).
+
+A task that evaluates every sample of a length at once (``Task.whole_length``) claims the length
+instead of a sample; its rows are appended together, and a row with sample -1 is about all the
+samples of its length (an aggregate score, or the failure of the whole length).
 """
 
 from __future__ import annotations
@@ -114,9 +118,9 @@ class ResultsFile:
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]
         if missing or (len(frame) and not frame["status"].isin(STATUSES).all()):
             raise _corrupted(self.path, "unexpected columns or status")
-        for column in ("length", "sample"):
+        for column, lowest in (("length", 0), ("sample", -1)):  # sample -1: a row about a whole length
             values = pd.to_numeric(frame[column], errors="coerce")
-            if values.isna().any() or (values != values.round()).any() or (values < 0).any():
+            if values.isna().any() or (values != values.round()).any() or (values < lowest).any():
                 raise _corrupted(self.path, f"a {column} that is not a whole number")
             frame[column] = values.astype("int64")
         return frame
@@ -138,7 +142,7 @@ class ResultsFile:
         with self._write_lock():
             self._cut_torn_line()
             if os.fstat(self._fd).st_size == 0:
-                self._write_line(self.columns)
+                self._write_lines([self.columns])
                 header = self.columns
             else:
                 header = next(csv.reader([self.path.open().readline()]))
@@ -159,28 +163,35 @@ class ResultsFile:
         self._fd = self._lock_fd = None
 
     @contextmanager
-    def claim(self, length: int, sample: int) -> Iterator[str]:
+    def claim(self, length: int, sample: int | None) -> Iterator[str]:
         """Yields what this process may do with (length, sample): "mine" (compute it: nobody else is
         and it has no row yet), "busy" (another live process holds it) or "skipped" (it has a row).
-        A "mine" claim is held until the block ends (or the process dies)."""
-        offset = _CLAIMS_START + length * _MAX_SAMPLES + sample
+        A "mine" claim is held until the block ends (or the process dies). ``sample`` None claims the
+        whole length (a ``whole_length`` task's unit), "skipped" once the file has any row of it."""
+        offset = _CLAIMS_START + length * _MAX_SAMPLES + (sample or 0)
         try:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:  # another process holds it
             yield "busy"
             return
         try:
-            yield "skipped" if (length, sample) in self.done() else "mine"
+            done = self.done()
+            has_row = any(key[0] == length for key in done) if sample is None else (length, sample) in done
+            yield "skipped" if has_row else "mine"
         finally:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
 
     def append(self, row: dict) -> None:
-        unknown = set(row) - set(self.columns)
+        self.append_all([row])
+
+    def append_all(self, rows: list[dict]) -> None:
+        """Append rows with one write (and one fsync) under the write lock: a whole length's rows."""
+        unknown = set().union(*rows) - set(self.columns)
         if unknown:
             raise ValueError(f"row has columns the file does not: {sorted(unknown)}")
         with self._write_lock():
             self._cut_torn_line()
-            self._write_line(["" if row.get(c) is None else row.get(c) for c in self.columns])
+            self._write_lines([["" if row.get(c) is None else row.get(c) for c in self.columns] for row in rows])
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -190,9 +201,9 @@ class ResultsFile:
         finally:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, 0)
 
-    def _write_line(self, values: list) -> None:
+    def _write_lines(self, lines: list[list]) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
+        csv.writer(buffer, lineterminator="\n").writerows(lines)
         data = buffer.getvalue().encode()
         size = os.fstat(self._fd).st_size
         try:

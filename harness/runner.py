@@ -3,6 +3,9 @@
 The runner owns everything around the task: deciding what is left to do (from the job's results
 file), loading the model only if something is, checking every length before spending compute,
 timing, catching out-of-memory and other failures per sample, and writing one row per sample.
+A task that evaluates every sample of a length at once (``Task.whole_length``, e.g. an external
+evaluator over its own documents) is driven per length instead: the unit claimed, timed, caught
+and skipped on a rerun is the length, and its rows are appended together.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
-from harness.job import check_job, method_settings, results_path
+from harness.job import check_job, method_settings, results_path, task_class
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, input_hash
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,8 @@ log = logging.getLogger(__name__)
 class JobSummary:
     path: Path
     lengths: list[int] = field(default_factory=list)  # what this run asked for (the summary table shows these)
-    samples: int = 0
+    samples: int = 0  # 0 for a task that evaluates whole lengths (it decides its samples)
+    task: str = ""
     # skipped: rows already written; busy: samples another process was computing (left to it)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0, "busy": 0})
 
@@ -68,10 +72,16 @@ def run_job(cfg: DictConfig) -> JobSummary:
     lengths, samples = check_job(cfg)
     path, digest = results_path(cfg)
     check_writable(path.parent)  # before loading anything (creates nothing)
-    summary = JobSummary(path, lengths, samples)
-    done = ResultsFile(path, []).done()
-    todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
-    summary.counts["skipped"] = len(lengths) * samples - len(todo)
+    summary = JobSummary(path, lengths, samples, cfg.task.name)
+    whole_length = task_class(cfg.task).whole_length
+    existing = ResultsFile(path, []).read()
+    done = {(int(a), int(b)) for a, b in zip(existing["length"], existing["sample"])}
+    if whole_length:  # one unit per length (index None): done once the file has any row of it
+        todo = [(length, None) for length in lengths if length not in {a for a, _ in done}]
+        summary.counts["skipped"] = int((existing["length"].isin(lengths)).sum())  # rows of the lengths done
+    else:
+        todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
+        summary.counts["skipped"] = len(lengths) * samples - len(todo)
     if not todo:
         log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
@@ -96,7 +106,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
     if task.needs_tokenizer and loaded.tokenizer is None:
         raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
-    for length in sorted({length for length, _ in todo}):  # every length is checked before any compute
+    for length in sorted({length for length, _ in todo} if not whole_length else ()):  # checked before any compute
         try:
             task.build_input(length, 0)
         except ValueError as error:
@@ -108,13 +118,18 @@ def run_job(cfg: DictConfig) -> JobSummary:
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)
-        bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="sample", dynamic_ncols=True)
+        bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="length" if whole_length else "sample",
+                   dynamic_ncols=True)
         for length, index in bar:
             bar.set_postfix(length=length)
             with results.claim(length, index) as state:
-                if state == "mine":
-                    state = _run_sample(cfg, task, model, results, provenance, length, index)
-                summary.counts[state] += 1  # or: another process computes it / wrote it since this job started
+                if state != "mine":
+                    summary.counts[state] += 1  # another process computes it / wrote it since this job started
+                elif whole_length:
+                    for status in _run_length(cfg, task, model, results, provenance, length):
+                        summary.counts[status] += 1
+                else:
+                    summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
     return summary
 
 
@@ -127,14 +142,40 @@ def _run_sample(cfg, task, model, results: ResultsFile, provenance: dict, length
     try:
         row.update(task.evaluate(model, task_input), status="ok")
     except Exception as error:  # noqa: BLE001 - a failing sample is recorded, the sweep goes on
-        row.update(status="oom" if _is_oom(error) else "error", message=str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+        row.update(_failure(error))
         log.warning("%s/%s length %d sample %d: %s", provenance["method"], cfg.task.name, length, index, row["status"])
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    row.update(seconds=round(time.perf_counter() - started, 3),
-               timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    row.update(_timing(started))
     results.append(row)
     return row["status"]
+
+
+def _run_length(cfg, task, model, results: ResultsFile, provenance: dict, length: int) -> list[str]:
+    """Compute every sample of one length at once (a ``whole_length`` task) and append its rows
+    together; returns their statuses. Every row gets the whole length's ``seconds``."""
+    started = time.perf_counter()
+    try:
+        rows = [{**provenance, "length": length, "status": "ok", **row} for row in task.evaluate_length(model, length)]
+        if not rows:
+            raise ValueError("the task returned no rows for this length")
+    except Exception as error:  # noqa: BLE001 - a failing length is recorded, the sweep goes on
+        rows = [dict(provenance, length=length, sample=-1, **_failure(error))]
+        log.warning("%s/%s length %d: %s", provenance["method"], cfg.task.name, length, rows[0]["status"])
+    timing = _timing(started)
+    results.append_all([dict(row, **timing) for row in rows])
+    return [row["status"] for row in rows]
+
+
+def _failure(error: Exception) -> dict:
+    """The status and one-line message of a failed sample or length."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    return {"status": "oom" if _is_oom(error) else "error", "message": message}
+
+
+def _timing(started: float) -> dict:
+    return {"seconds": round(time.perf_counter() - started, 3),
+            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _write_config_once(path: Path, cfg: DictConfig) -> None:

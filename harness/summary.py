@@ -6,14 +6,22 @@ from harness.results import ResultsFile
 
 
 def print_job_summary(summary) -> None:
+    from tasks import task_class
+
     counts = summary.counts
     busy = f"; left to another running job: {counts['busy']}" if counts.get("busy") else ""
     print(f"rows: {summary.path}  (new: {counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; "
           f"already there: {counts['skipped']}{busy})")
     frame = ResultsFile(summary.path, []).read()
     if summary.lengths:  # only what this command asked for; the file may hold other lengths and samples
-        frame = frame[frame["length"].isin(summary.lengths) & (frame["sample"] < summary.samples)]
-    if len(frame):
+        frame = frame[frame["length"].isin(summary.lengths)]
+        if summary.samples:  # 0: a task that evaluates whole lengths (it decides its samples)
+            frame = frame[frame["sample"] < summary.samples]
+    cls = task_class(summary.task)
+    own = cls.summary_table(frame) if cls is not None and len(frame) else None
+    if own is not None:
+        print(own.to_string())
+    elif len(frame):
         table = frame.groupby("length").agg(
             samples=("sample", "count"), score=("score", "mean"), failed=("status", lambda s: int((s != "ok").sum())),
             seconds=("seconds", "mean"),

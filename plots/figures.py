@@ -288,9 +288,13 @@ def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_
 
 
 def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Method x length mean score per (task, model), for quick reading; missing cells are grey 'n/a'."""
+    """Method x length mean score per (task, model), for quick reading; missing cells are grey 'n/a'.
+    A task whose rows mix several metrics says so (``Task.heatmap`` False) and gets none."""
     paths = []
     for (task, model), sub in frame.groupby(["task", "model"]):
+        cls = task_class(task)
+        if cls is not None and not cls.heatmap:  # e.g. rows that mix several metrics
+            continue
         methods = methods_in(frame[frame["task"] == task])
         lengths = sorted(sub["length"].unique())
         ok = sub[sub["status"] == "ok"]

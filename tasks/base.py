@@ -15,6 +15,11 @@ The class also states the facts the rest of the harness reads without building i
 holds (:meth:`logits_positions`); its own columns with their types (``columns``), of which the
 measured ones (``timing_columns``); and its figures (``figures``).
 
+A task that hands the model to an evaluator running over its own documents (lm-evaluation-harness)
+cannot build one input at a time: it sets ``whole_length`` and implements
+``evaluate_length(model, length)`` instead, which returns every row of a length at once (see
+:meth:`Task.evaluate_length`); its config has no ``samples``.
+
 Adding a task is one module with one such class, plus one config file (``_target_`` names the
 class). Defining a subclass that sets ``name`` registers it in :data:`TASKS`, and importing the
 ``tasks`` package imports every module in it, so no other file lists task names.
@@ -79,7 +84,12 @@ class Task:
     # Options added after rows were committed, with the value that reproduces those rows: left out
     # of the results hash at that value, so the committed files stay resumable.
     hash_neutral_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether the heat maps (method x length mean score) draw this task: not for rows that mix metrics.
+    heatmap: ClassVar[bool] = True
     needs_tokenizer = True
+    # True: the task evaluates every sample of a length in one call (``evaluate_length``), and the
+    # runner claims, computes and skips whole lengths; False: one (length, sample) input per call.
+    whole_length: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -114,7 +124,28 @@ class Task:
         """Positions whose full-vocabulary logits (float32) the task holds at once."""
         return 1
 
-    def __init__(self, lengths, samples: int, tokenizer=None, prompt_template: str = "raw", seed: int = 0,
+    @classmethod
+    def samples_per_length(cls, params: dict) -> int:
+        """Samples one length has (plan mode): ``samples`` from the config; a ``whole_length`` task
+        says what it knows (0: not known before it runs)."""
+        return int(params.get("samples") or 0)
+
+    @classmethod
+    def plan_notes(cls, params: dict) -> list[str]:
+        """Lines plan mode prints under the task's table (what its estimate assumes)."""
+        return []
+
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Refuse settings the task cannot run with, as one line (a HarnessError), before anything is
+        loaded: run and plan mode call it with the task's config."""
+
+    @classmethod
+    def summary_table(cls, frame):
+        """The table a run prints for its rows (a pandas frame), or None for the usual one per length."""
+        return None
+
+    def __init__(self, lengths, samples: int = 0, tokenizer=None, prompt_template: str = "raw", seed: int = 0,
                  train_length: int | None = None, vocab_size: int | None = None, **params):
         self.lengths = [int(x) for x in lengths]
         self.samples = int(samples)
@@ -130,6 +161,17 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: torch.nn.Module, task_input: TaskInput) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def evaluate_length(self, model: torch.nn.Module, length: int) -> list[dict[str, Any]]:
+        """(``whole_length`` tasks) Evaluate every sample of ``length`` at once and return their rows.
+
+        Each row is a dict with ``sample`` (a sample's index, or -1 for a row about all of them, such
+        as an aggregate score), ``score``, and optionally ``metric`` (when rows differ in what they
+        measure), ``tokens``, ``input_hash`` and the task's columns. The runner adds the provenance
+        and the length's ``seconds`` to every row and appends them together once the call returns;
+        a length that raises gets one ``error``/``oom`` row with sample -1. A rerun skips every length
+        that has rows."""
         raise NotImplementedError
 
 
