@@ -27,6 +27,7 @@ def write_index(built: dict[str, list[Path]], out_dir: Path, source: Path) -> Pa
     for name, paths in built.items():
         lines += [f"## {name}", "", caption.get(name, ""), ""]
         lines += [f"![{p.stem}]({p.name})" for p in paths if p.suffix == ".png"]
+        lines += [f"Table: [{p.name}]({p.name})" for p in paths if p.suffix == ".csv"]
         lines.append("")
     index = out_dir / "index.md"
     index.write_text("\n".join(lines))

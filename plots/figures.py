@@ -373,9 +373,47 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
     return _save(fig, out_dir, figure.file)
 
 
+def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
+    """Paper Figure 2: per (model, layer, dimension) a panel of value vs position, one line per
+    method (its longest input), the training length dashed, the threshold dotted, and an x at each
+    method's first crossing (tasks.hidden.first_crossing)."""
+    from tasks.hidden import first_crossing
+
+    rows = frame[(frame["task"] == task) & (frame["status"] == "ok")]
+    if rows.empty:
+        return []
+    rows = rows[rows["length"] == rows.groupby(["model", "method"])["length"].transform("max")]
+    panels = rows[["model", "layer", "dim"]].drop_duplicates().sort_values(["model", "layer", "dim"]).to_numpy()
+    columns = min(3, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // columns), columns, squeeze=False, layout="constrained",
+                             figsize=(4.6 * columns, 3.3 * -(-len(panels) // columns)))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (model, layer, dim) in zip(axes.flat, panels):
+        cell = rows[(rows["model"] == model) & (rows["layer"] == layer) & (rows["dim"] == dim)]
+        t = int(cell["train_length"].iloc[0])
+        for method in sorted(cell["method"].unique(), key=series_order):
+            st = style(method)
+            curve = cell[cell["method"] == method].sort_values("position")
+            ax.plot(curve["position"], curve["score"], color=st["color"], linewidth=1.2, label=st["label"])
+            crossing = first_crossing(curve["position"], curve["score"], curve["threshold"].iloc[0], t)
+            if crossing is not None:
+                y = curve.loc[curve["position"] == crossing, "score"].iloc[0]
+                ax.scatter([crossing], [y], marker="x", s=50, color=st["color"], zorder=5)
+        threshold = cell.sort_values("method", key=lambda m: m.map(series_order))["threshold"].iloc[0]
+        ax.axhline(threshold, color="black", linestyle=":", linewidth=1, label="threshold (value at T)")
+        ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"training length ({t})")
+        ax.set_title(f"{model}: layer {int(layer)}, dim {int(dim)}", fontsize=9)
+        ax.set_xlabel("position")
+        ax.set_ylabel(figure.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+    return _save(fig, out_dir, figure.file)
+
+
 # Figure.kind -> the function that draws it
 PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
-         "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map}
+         "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map, "hidden_curve": plot_hidden_curves}
 
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
@@ -392,9 +430,21 @@ def captions() -> dict[str, str]:
     return {name: " ".join(f.caption for f in cls.figures) for name, cls in TASKS.items() if cls.figures}
 
 
+def write_tables(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
+    """The task's tables of the collected rows (``Task.tables``), as CSV files next to the figures."""
+    cls = task_class(task)
+    paths = []
+    for name, table in (cls.tables(frame) if cls is not None else {}).items():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths.append(out_dir / f"{name}.csv")
+        table.to_csv(paths[-1], index=False)
+    return paths
+
+
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
     """Every figure the table has data for, plus the heat maps; returns {task name or "heatmaps": paths}."""
     frame = series_by_attention(frame)
-    built = {task: plot_task(frame, task, out_dir) for task in sorted(frame["task"].unique())}
+    built = {task: plot_task(frame, task, out_dir) + write_tables(frame, task, out_dir)
+             for task in sorted(frame["task"].unique())}
     built["heatmaps"] = plot_heatmaps(frame, out_dir) if not frame.empty else []
     return {name: paths for name, paths in built.items() if paths}

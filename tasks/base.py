@@ -47,7 +47,7 @@ class TaskInput:
 TASKS: dict[str, type[Task]] = {}
 LENGTH_UNITS = ("tokens", "lines")
 SCORE_KINDS = ("binary", "continuous", None)
-FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map")
+FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map", "hidden_curve")
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,12 @@ class Task:
     def check_params(cls, params: dict) -> None:
         """Refuse settings the task cannot run with, as one line (a HarnessError), before anything is
         loaded: run and plan mode call it with the task's config."""
+
+    @classmethod
+    def tables(cls, frame) -> dict[str, Any]:
+        """Tables drawn from the collected rows (all tasks' ``frame``) that ``python -m plots``
+        writes next to the figures: {file name without suffix: a pandas frame}."""
+        return {}
 
     @classmethod
     def summary_table(cls, frame):
