@@ -352,16 +352,17 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
         panels = axes[m * rows_per_model : (m + 1) * rows_per_model].flat
         for k, (ax, method) in enumerate(zip(panels, methods)):
             cell = rows[(rows["model"] == model) & (rows["method"] == method)]
-            grid = cell.pivot_table(index="depth_bin", columns="length", values="score", aggfunc=["sum", "count"])
-            hits = grid["sum"].reindex(index=range(DEPTH_BINS), columns=lengths) if len(cell) else None
-            counts = grid["count"].reindex(index=range(DEPTH_BINS), columns=lengths) if len(cell) else None
-            accuracy = (hits / counts).to_numpy(dtype=float) if len(cell) else np.full((DEPTH_BINS, len(lengths)), np.nan)
+            # (bin, length) -> retrieved, samples; cells without rows (or a method without any) are NaN
+            grid = cell.groupby(["depth_bin", "length"])["score"].agg(["sum", "count"]).reindex(
+                pd.MultiIndex.from_product([range(DEPTH_BINS), lengths]))
+            hits, counts = (grid[c].to_numpy(dtype=float).reshape(DEPTH_BINS, len(lengths)) for c in ("sum", "count"))
+            accuracy = hits / counts
             ax.imshow(np.ma.masked_invalid(accuracy), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
             ax.set_facecolor("#dddddd")
             for i in range(DEPTH_BINS):
                 for j in range(len(lengths)):
                     if not np.isnan(accuracy[i, j]):
-                        ax.text(j, i, f"{int(hits.iloc[i, j])}/{int(counts.iloc[i, j])}", ha="center", va="center",
+                        ax.text(j, i, f"{int(hits[i, j])}/{int(counts[i, j])}", ha="center", va="center",
                                 fontsize=6)
             st = style(method)
             ax.set_title(f"{st['label']}: {model}", fontsize=8, color=st["color"])
