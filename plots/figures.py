@@ -376,39 +376,46 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
 
 def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
     """Paper Figure 2: per (model, layer, dimension) a panel of value vs position, one line per
-    method (its longest input), the training length dashed, the threshold dotted, and an x at each
-    method's first crossing (tasks.hidden.first_crossing)."""
-    from tasks.hidden import first_crossing
+    method (its longest input), the training length dashed, the threshold (Origin's value at T - 1,
+    tasks.hidden.panel_thresholds) dotted, and an x at each method's first crossing of it
+    (tasks.hidden.first_crossing)."""
+    from tasks.hidden import first_crossing, longest_curves, panel_thresholds
 
     rows = frame[(frame["task"] == task) & (frame["status"] == "ok")]
     if rows.empty:
         return []
-    rows = rows[rows["length"] == rows.groupby(["model", "method"])["length"].transform("max")]
+    rows = longest_curves(rows)
+    thresholds = panel_thresholds(rows)
     panels = rows[["model", "layer", "dim"]].drop_duplicates().sort_values(["model", "layer", "dim"]).to_numpy()
-    columns = min(3, len(panels))
+    columns = min(2, len(panels))
+    many = rows["method"].nunique() > LEGEND_INSIDE_MAX
     fig, axes = plt.subplots(-(-len(panels) // columns), columns, squeeze=False, layout="constrained",
-                             figsize=(4.6 * columns, 3.3 * -(-len(panels) // columns)))
+                             figsize=(5.2 * columns + (2.2 if many else 0), 3.4 * -(-len(panels) // columns)))
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (model, layer, dim) in zip(axes.flat, panels):
         cell = rows[(rows["model"] == model) & (rows["layer"] == layer) & (rows["dim"] == dim)]
-        t = int(cell["train_length"].iloc[0])
+        t, threshold = int(cell["train_length"].iloc[0]), thresholds[(model, layer, dim)]
         for method in sorted(cell["method"].unique(), key=series_order):
             st = style(method)
             curve = cell[cell["method"] == method].sort_values("position")
-            ax.plot(curve["position"], curve["score"], color=st["color"], linewidth=1.2, label=st["label"])
-            crossing = first_crossing(curve["position"], curve["score"], curve["threshold"].iloc[0], t)
+            ax.plot(curve["position"], curve["score"], color=st["color"], linewidth=1.1, label=st["label"])
+            crossing = first_crossing(curve["position"], curve["score"], threshold, t)
             if crossing is not None:
                 y = curve.loc[curve["position"] == crossing, "score"].iloc[0]
                 ax.scatter([crossing], [y], marker="x", s=50, color=st["color"], zorder=5)
-        threshold = cell.sort_values("method", key=lambda m: m.map(series_order))["threshold"].iloc[0]
         ax.axhline(threshold, color="black", linestyle=":", linewidth=1, label="threshold (value at T)")
         ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"training length ({t})")
         ax.set_title(f"{model}: layer {int(layer)}, dim {int(dim)}", fontsize=9)
         ax.set_xlabel("position")
         ax.set_ylabel(figure.ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if many:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    else:
+        axes.flat[0].legend(fontsize=6, loc="best", framealpha=0.8)
+    fig.suptitle(figure.title, fontsize=10)
     return _save(fig, out_dir, figure.file)
 
 

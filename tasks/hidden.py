@@ -5,28 +5,41 @@ The paper's argument: a hidden-state value at a given dimension, on an input of 
 the training length T is a threshold, and where a method's curve crosses it, extrapolation is
 predicted to fail. This task records those curves for any model and method:
 
-* the input of ``length`` tokens is ``text`` repeated (tokenized once, the ids tiled, so every
-  method sees the same tokens), BOS first when the tokenizer adds one;
+* the input of ``length`` tokens is ``text`` repeated, after a distinct first token: the
+  tokenizer's BOS when it has one (LLaMA's ``<s>``, as in the paper; SmolLM2's ``<|im_start|>``),
+  and the text's first occurrence as it tokenizes at the start of a text. Why: with one token at
+  every position, every position of every layer holds the same hidden state under any RoPE method
+  (attention averages identical values), so the curves would be flat; the distinct first token is
+  what position is measured from;
 * one forward pass; forward hooks keep only the outputs of ``layers`` (decoder layer indices,
   negative from the end) at ``positions`` evenly spaced positions plus T - 1, so nothing of size
   L x hidden is kept beyond what the model itself holds;
-* dimensions: ``dims`` if given, else the ``top_dims`` dimensions of largest |value| at position
-  T - 1 of each layer, in this forward (the same for every method that equals Origin inside T);
+* dimensions: ``dims`` if given (a list for every layer, or a mapping layer -> list), else the
+  ``top_dims`` dimensions of each layer whose value follows position most closely inside the
+  training length (largest |Spearman correlation| with position over the recorded positions < T,
+  in this forward). On a repeated word position is the only thing that changes along the input, so
+  these are the dimensions that carry it, the ones the threshold argument is about; the largest
+  |values| are not (on SmolLM2 they are constant "massive activations"). To compare methods on the
+  same dimensions, fix ``dims`` (the SmolLM2 preset does, with Origin's choice);
 * one row per (layer, dimension, position): ``score`` is the value; ``threshold`` is the same
   dimension's value at T - 1; ``sample`` numbers the rows of a length.
 
 The figure draws value against position per method, the training length as a vertical line, the
 threshold as a horizontal one, and marks the first crossing (:func:`first_crossing`): the first
 position past T - 1 where the value is beyond the threshold on the side away from the curve's mean
-inside T (the paper's "exceeds the threshold", for curves that rise or fall towards it).
+inside T (the paper's "exceeds the threshold", for curves that rise or fall towards it), by more
+than a small tolerance. The threshold is the model's own value at T - 1, i.e. Origin's where
+Origin's rows exist (one line per panel, as in the paper); a method without them uses its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from harness.errors import HarnessError
 from harness.methods.method import decoder_of
@@ -49,27 +62,28 @@ class HiddenStateTask(Task):
     @classmethod
     def tables(cls, frame) -> dict[str, Any]:
         """``hidden_prediction``: per model, method, layer and dimension, the predicted failure
-        position (the curve's first crossing past T, on the method's longest input) beside the
-        observed one: the first length with accuracy below 0.5 in the rows of the model and method
-        of a 0/1-scored task whose lengths are tokens (passkey)."""
+        position (the curve's first crossing past T of the panel's threshold, on the method's longest
+        input) beside the observed one: the first length with accuracy below 0.5 in the rows of the
+        model and method of a 0/1-scored task whose lengths are tokens (passkey)."""
         import pandas as pd
 
         from tasks import TASKS
 
-        hidden = frame[(frame["task"] == cls.name) & (frame["status"] == "ok")]
+        hidden = longest_curves(frame[(frame["task"] == cls.name) & (frame["status"] == "ok")])
+        thresholds = panel_thresholds(hidden)
         observed_tasks = [name for name, task in TASKS.items() if task.score_kind == "binary" and task.length_unit == "tokens"]
         observed = frame[frame["task"].isin(observed_tasks) & (frame["status"] == "ok")]
         out = []
         for (model, method, layer, dim), cell in hidden.groupby(["model", "method", "layer", "dim"]):
-            cell = cell[cell["length"] == cell["length"].max()].sort_values("position")
-            predicted = first_crossing(cell["position"], cell["score"], cell["threshold"].iloc[0],
-                                       int(cell["train_length"].iloc[0]))
+            cell = cell.sort_values("position")
+            threshold = thresholds[(model, layer, dim)]
+            predicted = first_crossing(cell["position"], cell["score"], threshold, int(cell["train_length"].iloc[0]))
             accuracy = observed[(observed["model"] == model) & (observed["method"] == method)].groupby("length")["score"].mean()
             failing = accuracy[accuracy < 0.5]
             out.append(dict(model=model, method=method, layer=int(layer), dim=int(dim),
-                            longest_input=int(cell["length"].max()), predicted_failure=predicted,
+                            longest_input=int(cell["length"].max()), threshold=threshold, predicted_failure=predicted,
                             observed_failure=int(failing.index.min()) if len(failing) else None))
-        columns = ["model", "method", "layer", "dim", "longest_input", "predicted_failure", "observed_failure"]
+        columns = ["model", "method", "layer", "dim", "longest_input", "threshold", "predicted_failure", "observed_failure"]
         return {"hidden_prediction": pd.DataFrame(out, columns=columns)} if out else {}
 
     @classmethod
@@ -80,16 +94,24 @@ class HiddenStateTask(Task):
     @classmethod
     def plan_notes(cls, params: dict) -> list[str]:
         layers, dims = params.get("layers") or [], params.get("dims")
-        per_layer = len(dims) if dims else int(params.get("top_dims", 0))
-        return [f"one forward per length, without a KV cache; {len(layers) * per_layer * (int(params['positions']) + 1)} "
+        if isinstance(dims, Mapping):
+            curves = sum(len(d) for d in dims.values())
+        else:
+            curves = len(layers) * (len(dims) if dims else int(params.get("top_dims", 0)))
+        return [f"one forward per length, without a KV cache; {curves * (int(params['positions']) + 1)} "
                 "rows per length at most (layers x dimensions x positions)"]
 
-    def __init__(self, *args, text: str = "hello", layers: list[int] = (-1,), dims: list[int] | None = None,
-                 top_dims: int = 2, positions: int = 64, **kwargs):
+    def __init__(self, *args, text: str = "hello", layers: list[int] = (-1,),
+                 dims: list[int] | Mapping[int, list[int]] | None = None, top_dims: int = 2, positions: int = 64,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.text = str(text)
-        self.layers = [int(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
-        self.dims = None if dims is None else [int(d) for d in ([dims] if isinstance(dims, int) else dims)]
+        if isinstance(dims, Mapping):  # layer -> its dimensions; the mapping names the layers
+            self.dims = {int(layer): _int_list(chosen) for layer, chosen in dims.items()}
+            layers = list(self.dims)
+        else:
+            self.dims = None if dims is None else _int_list(dims)
+        self.layers = _int_list(layers)
         self.top_dims = int(top_dims)
         self.positions = int(positions)
         if not self.text.strip():
@@ -98,11 +120,18 @@ class HiddenStateTask(Task):
             raise HarnessError("task.hidden needs layers (a list), dims or top_dims > 0, and positions >= 2")
 
     def input_ids(self, length: int) -> list[int]:
-        """``text`` repeated to exactly ``length`` tokens (the tokenizer's BOS first, if it adds one)."""
+        """``text`` repeated to exactly ``length`` tokens, after a distinct first token (see the
+        module docstring): the tokenizer's BOS if it has one, then the text as it starts a text,
+        then `` text`` repeated."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        first = self.tokenizer.encode(self.text.strip(), add_special_tokens=False)
         word = self.tokenizer.encode(" " + self.text.strip(), add_special_tokens=False)
-        start = self.tokenizer.encode("", add_special_tokens=True)[:1]  # BOS where the tokenizer adds it
-        repeats = -(-(length - len(start)) // len(word))
-        return (start + word * repeats)[:length]
+        start = ([bos] if bos is not None else []) + first
+        ids = (start + word * -(-length // len(word)))[:length]
+        if len(set(ids)) < 2:
+            raise HarnessError(f"task.text {self.text!r} gives one token repeated and the tokenizer has no BOS: every "
+                               "position would hold the same hidden state; use a text of two or more tokens")
+        return ids
 
     def sampled_positions(self, length: int) -> list[int]:
         """``positions`` evenly spaced positions of ``length``, plus T - 1 (the threshold's)."""
@@ -136,9 +165,12 @@ class HiddenStateTask(Task):
         anchor = positions.index(self.train_length - 1) if (self.train_length or 0) - 1 in positions else len(positions) - 1
         digest = input_hash(ids)
         rows = []
-        for layer in chosen:
+        for index, layer in zip(self.layers, chosen):
             values = captured[layer]
-            dims = self.dims or values[anchor].abs().topk(self.top_dims).indices.sort().values.tolist()
+            if isinstance(self.dims, dict):
+                dims = self.dims[index]
+            else:
+                dims = self.dims or position_tracking_dims(values, positions, self.train_length, self.top_dims)
             for dim in dims:
                 for i, position in enumerate(positions):
                     rows.append(dict(sample=len(rows), score=float(values[i, dim]), tokens=length, input_hash=digest,
@@ -147,13 +179,52 @@ class HiddenStateTask(Task):
         return rows
 
 
+def position_tracking_dims(values: torch.Tensor, positions: list[int], train_length: int | None, count: int) -> list[int]:
+    """The ``count`` dimensions whose value follows position most closely inside the training
+    length: the largest |Spearman correlation| between value and position over the recorded
+    positions < T (all of them when T is unknown or beyond the input), in ascending order.
+
+    ``values``: (len(positions), hidden), one row per recorded position (ascending)."""
+    inside = [i for i, position in enumerate(positions) if not train_length or position < train_length]
+    ranks = rankdata(values[inside].double().numpy(), axis=0)  # (P, hidden); ties share their mean rank
+    order = np.arange(len(inside), dtype=float)[:, None]  # positions are ascending: their own ranks
+    ranks, order = ranks - ranks.mean(0), order - order.mean()
+    correlation = (ranks * order).sum(0) / np.maximum(np.linalg.norm(ranks, axis=0) * np.linalg.norm(order), 1e-12)
+    return sorted(np.argsort(-np.abs(correlation), kind="stable")[:count].tolist())
+
+
+def longest_curves(rows):
+    """The rows of each (model, method)'s longest input: the curve the figure and table read."""
+    return rows[rows["length"] == rows.groupby(["model", "method"])["length"].transform("max")]
+
+
+def panel_thresholds(rows) -> dict[tuple, float]:
+    """(model, layer, dim) -> the threshold: the model's value at T - 1, i.e. the baseline's (the
+    first method in the methods' order, Origin) where its rows exist, since methods that are not
+    Origin inside T (e.g. Dynamic-NTK) move their own; else the first method's in that order."""
+    from harness.methods import method_names
+
+    rank = {name: i for i, name in enumerate(method_names())}
+    ordered = rows.sort_values("method", key=lambda m: m.map(lambda name: rank.get(name, len(rank))), kind="stable")
+    return {key: float(cell["threshold"].iloc[0]) for key, cell in ordered.groupby(["model", "layer", "dim"], sort=False)}
+
+
+CROSSING_TOLERANCE = 0.05  # of the curve's range inside T: float noise on a plateau at the threshold is not a crossing
+
+
 def first_crossing(positions, values, threshold: float, train_length: int) -> int | None:
     """The first position >= T where ``values`` lie beyond ``threshold`` on the side away from
-    their mean over positions < T - 1 (None: no crossing, or no position on either side of T)."""
+    their mean over positions < T - 1, by more than CROSSING_TOLERANCE of their range there (None:
+    no crossing, or no position on either side of T)."""
     positions, values = np.asarray(positions), np.asarray(values, dtype=float)
     inside = values[positions < train_length - 1]
     if inside.size == 0:
         return None
     side = np.sign(threshold - inside.mean()) or 1.0
-    beyond = (positions >= train_length) & (side * (values - threshold) > 0)
+    margin = CROSSING_TOLERANCE * (inside.max() - inside.min())
+    beyond = (positions >= train_length) & (side * (values - threshold) > margin)
     return int(positions[beyond][0]) if beyond.any() else None
+
+
+def _int_list(value) -> list[int]:
+    return [int(v) for v in ([value] if isinstance(value, int) else value)]

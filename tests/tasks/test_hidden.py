@@ -3,11 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError
 from harness.methods import apply_method
-from tasks.hidden import HiddenStateTask, first_crossing
+from tasks.hidden import HiddenStateTask, first_crossing, position_tracking_dims
 from tests.conftest import TRAIN_LENGTH, tiny_model
 
 
@@ -15,9 +16,26 @@ def task(**params):
     return HiddenStateTask([400], tokenizer=ByteTokenizer(), train_length=TRAIN_LENGTH, **params)
 
 
+class WordTokenizer:
+    """One id per word, with an optional BOS that it never adds itself (as SmolLM2's tokenizer)."""
+
+    def __init__(self, bos_token_id=None):
+        self.bos_token_id = bos_token_id
+
+    def encode(self, text, add_special_tokens=True):
+        return [7 for _ in text.split()]
+
+
 def test_the_input_is_the_word_repeated_to_the_length():
     ids = task(text="hello").input_ids(400)
-    assert len(ids) == 400 and ByteTokenizer().decode(ids[:12]) == " hello hello"
+    assert len(ids) == 400 and ByteTokenizer().decode(ids[:12]) == "hello hello "
+    # a one-token word: the tokenizer's BOS first, even when it does not add it, as LLaMA's <s>
+    with_bos = HiddenStateTask([8], tokenizer=WordTokenizer(bos_token_id=1), train_length=4)
+    assert with_bos.input_ids(8) == [1] + [7] * 7
+    # without any distinct first token every position would hold the same state: refused
+    without = HiddenStateTask([8], tokenizer=WordTokenizer(), train_length=4)
+    with pytest.raises(HarnessError, match="^task.text 'hello' gives one token repeated"):
+        without.input_ids(8)
     positions = task(positions=5).sampled_positions(400)
     assert positions == sorted({0, 100, 200, 299, 399, TRAIN_LENGTH - 1})  # evenly spaced, plus T - 1
 
@@ -28,9 +46,21 @@ def test_rows_per_layer_dimension_and_position_on_the_tiny_model():
     assert set(rows["layer"]) == {0, 1} and rows["input_hash"].nunique() == 1
     at_t = rows[rows["position"] == TRAIN_LENGTH - 1]
     assert np.allclose(at_t["score"], at_t["threshold"])  # the threshold is the value at T - 1
-    # the chosen dimensions are the largest |value| at T - 1 of the whole hidden state
     fixed = pd.DataFrame(task(layers=[-1], dims=[3, 5], positions=8).evaluate_length(tiny_model(), 400))
     assert set(fixed["dim"]) == {3, 5}
+    per_layer = pd.DataFrame(task(dims={0: [1], -1: [2, 4]}, positions=8).evaluate_length(tiny_model(), 400))
+    assert sorted(set(zip(per_layer["layer"], per_layer["dim"]))) == [(0, 1), (1, 2), (1, 4)]
+
+
+def test_default_dimensions_are_those_that_follow_position_inside_t():
+    positions = list(range(0, 200, 10))  # T = 100: ten positions inside
+    values = torch.randn(len(positions), 6, generator=torch.Generator().manual_seed(0))
+    inside = torch.tensor([p < 100 for p in positions])
+    values[inside, 4] = -torch.arange(10.0) * 3  # falls with position: |rho| = 1
+    values[inside, 1] = torch.arange(10.0) ** 2  # rises: rho = 1
+    values[~inside, 0] = torch.arange(10.0) * 100  # tracks position only past T: not chosen
+    values[:, 5] = 1e4  # the largest |value| (a constant "massive activation"): not chosen
+    assert position_tracking_dims(values, positions, 100, 2) == [1, 4]
 
 
 def test_where_a_method_equals_origin_it_gives_the_same_curve():
@@ -50,6 +80,8 @@ def test_first_crossing():
     falling = [2.0, 1.5, 1.0, 1.1, 0.5, 0.0]
     assert first_crossing(positions, falling, 1.0, 100) == 200
     assert first_crossing(positions, [0, 0.5, 1.0, 0.9, 0.8, 0.7], 1.0, 100) is None
+    # float noise on a plateau at the threshold is not a crossing (tolerance: 5% of the range inside T)
+    assert first_crossing(positions, [0, 0.5, 1.0, 1.001, 1.02, 1.2], 1.0, 100) == 250
 
 
 def test_bad_settings_are_one_line():
@@ -66,8 +98,13 @@ def test_figure_and_prediction_table(tmp_path):
     hidden = hidden.assign(model="tiny-random", method="origin", task="hidden", length=400, status="ok")
     passkey = pd.DataFrame(dict(model="tiny-random", method="origin", task="passkey", length=[256, 512],
                                 sample=0, status="ok", score=[1.0, 0.0], metric="accuracy"))
-    built = build_all(pd.concat([hidden, passkey], ignore_index=True), tmp_path)
+    # a method whose own value at T - 1 differs (as Dynamic-NTK's): its rows are measured against Origin's
+    moved = hidden.assign(method="dynamic-ntk", threshold=hidden["threshold"] + 100.0)
+    built = build_all(pd.concat([hidden, moved, passkey], ignore_index=True), tmp_path)
     assert (tmp_path / "hidden_states.png").exists()
     table = pd.read_csv(tmp_path / "hidden_prediction.csv")
-    assert len(table) == 2 and (table["observed_failure"] == 512).all()
+    assert len(table) == 4 and (table[table["method"] == "origin"]["observed_failure"] == 512).all()
+    assert table.groupby("dim")["threshold"].nunique().eq(1).all()  # one threshold per panel: Origin's
+    assert np.allclose(table.sort_values(["dim", "method"])["threshold"],
+                       hidden[hidden["position"] == TRAIN_LENGTH - 1].sort_values("dim")["threshold"].repeat(2))
     assert any(p.name == "hidden_prediction.csv" for p in built["hidden"])
