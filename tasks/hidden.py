@@ -28,7 +28,7 @@ The figure draws value against position per method, the training length as a ver
 threshold as a horizontal one, and marks the first crossing (:func:`first_crossing`): the first
 position past T - 1 where the value is beyond the threshold on the side away from the curve's mean
 inside T (the paper's "exceeds the threshold", for curves that rise or fall towards it), by more
-than a small tolerance. The threshold is the model's own value at T - 1, i.e. Origin's where
+than the curve's own noise (three median steps between recorded positions inside T). The threshold is the model's own value at T - 1, i.e. Origin's where
 Origin's rows exist (one line per panel, as in the paper); a method without them uses its own.
 """
 
@@ -209,19 +209,21 @@ def panel_thresholds(rows) -> dict[tuple, float]:
     return {key: float(cell["threshold"].iloc[0]) for key, cell in ordered.groupby(["model", "layer", "dim"], sort=False)}
 
 
-CROSSING_TOLERANCE = 0.05  # of the curve's range inside T: float noise on a plateau at the threshold is not a crossing
+CROSSING_STEPS = 3  # tolerance, in median steps between recorded positions inside T: noise on a plateau is no crossing
 
 
 def first_crossing(positions, values, threshold: float, train_length: int) -> int | None:
     """The first position >= T where ``values`` lie beyond ``threshold`` on the side away from
-    their mean over positions < T - 1, by more than CROSSING_TOLERANCE of their range there (None:
-    no crossing, or no position on either side of T)."""
+    their mean over positions < T - 1, by more than CROSSING_STEPS times the median |change|
+    between successive recorded positions there (a robust scale of the curve's own movement, so
+    float noise around a plateau at the threshold does not count; None: no crossing, or no
+    position on either side of T)."""
     positions, values = np.asarray(positions), np.asarray(values, dtype=float)
     inside = values[positions < train_length - 1]
     if inside.size == 0:
         return None
     side = np.sign(threshold - inside.mean()) or 1.0
-    margin = CROSSING_TOLERANCE * (inside.max() - inside.min())
+    margin = CROSSING_STEPS * np.median(np.abs(np.diff(inside))) if inside.size > 1 else 0.0
     beyond = (positions >= train_length) & (side * (values - threshold) > margin)
     return int(positions[beyond][0]) if beyond.any() else None
 

@@ -74,14 +74,18 @@ def test_where_a_method_equals_origin_it_gives_the_same_curve():
 
 
 def test_first_crossing():
-    positions = np.array([0, 50, 99, 150, 200, 250])
-    rising = [0.0, 0.5, 1.0, 0.9, 1.2, 2.0]  # threshold 1.0 at T - 1 = 99
-    assert first_crossing(positions, rising, 1.0, 100) == 200
-    falling = [2.0, 1.5, 1.0, 1.1, 0.5, 0.0]
-    assert first_crossing(positions, falling, 1.0, 100) == 200
-    assert first_crossing(positions, [0, 0.5, 1.0, 0.9, 0.8, 0.7], 1.0, 100) is None
-    # float noise on a plateau at the threshold is not a crossing (tolerance: 5% of the range inside T)
-    assert first_crossing(positions, [0, 0.5, 1.0, 1.001, 1.02, 1.2], 1.0, 100) == 250
+    positions = np.arange(0, 160, 10)  # T = 100: positions 0..90 inside, 99 is T - 1
+    positions = np.r_[positions[:10], 99, positions[10:]]
+    inside = np.linspace(0.0, 0.9, 10)  # rises by 0.1 a step towards the threshold 1.0 at T - 1
+    rising = np.r_[inside, 1.0, 1.1, 1.2, 1.5, 1.6, 1.7, 1.8]
+    assert first_crossing(positions, rising, 1.0, 100) == 120  # the first beyond 1.0 + 3 x 0.1
+    assert first_crossing(positions, 2.0 - rising, 1.0, 100) == 120  # falling onto it: crosses below
+    assert first_crossing(positions, np.r_[inside, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 1.0, 100) is None
+    # noise around a plateau at the threshold is not a crossing
+    plateau = np.r_[inside, 1.0, 1.0 + 0.02 * np.cos(np.arange(6) * 2.0)]
+    assert first_crossing(positions, plateau, 1.0, 100) is None
+    plateau[14] = 1.31
+    assert first_crossing(positions, plateau, 1.0, 100) == 130
 
 
 def test_bad_settings_are_one_line():
