@@ -49,6 +49,7 @@ _EXTRA_MARKERS = ["<", ">", "p", "d", "8", "H", "P", "X", "*", "h"]
 # No timestamps or tool versions in the files: the same rows draw byte-identical figures.
 ALPHA = 0.05  # points significantly better than Origin (paired exact tests) are ringed
 LEGEND_INSIDE_MAX = 6  # series a legend may list inside the panel
+HIDDEN_SETTLED_FRACTION = 16  # hidden-state panels scale their y axis to the values from T / 16 on
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 
 
@@ -406,6 +407,10 @@ def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: 
                 ax.scatter([crossing], [y], marker="x", s=50, color=st["color"], zorder=5)
         ax.axhline(threshold, color="black", linestyle=":", linewidth=1, label="threshold (value at T)")
         ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"training length ({t})")
+        # The first positions after BOS swing far outside the band the argument is about: off-scale.
+        shown = np.r_[cell.loc[cell["position"] >= t / HIDDEN_SETTLED_FRACTION, "score"].to_numpy(), threshold]
+        pad = 0.08 * (shown.max() - shown.min()) or 1e-3
+        ax.set_ylim(shown.min() - pad, shown.max() + pad)
         ax.set_title(f"{model}: layer {int(layer)}, dim {int(dim)}", fontsize=9)
         ax.set_xlabel("position")
         ax.set_ylabel(figure.ylabel)

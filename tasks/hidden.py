@@ -54,10 +54,11 @@ class HiddenStateTask(Task):
     heatmap = False  # rows are curves, not one score per input
     columns = {"layer": int, "dim": int, "position": int, "threshold": float, "train_length": int}
     figures = (Figure("hidden_states", "hidden_curve", "Hidden state vs position", "hidden-state value",
-                      "Hidden-state values at chosen dimensions vs position on a repeated word (paper Figure 2): one "
-                      "panel per (model, layer, dimension), one line per method; dashed vertical line = training "
-                      "length; dotted horizontal line = the value at the training length (the threshold); x = the "
-                      "first position past it where a method's curve crosses the threshold."),)
+                      "Hidden-state values at chosen dimensions vs position on a repeated word after BOS (paper "
+                      "Figure 2): one panel per (model, layer, dimension), one line per method; dashed vertical line = "
+                      "training length; dotted horizontal line = Origin's value there (the threshold); x = the first "
+                      "position past it where a method's curve is beyond the threshold by more than its own noise. "
+                      "The y axis spans the values from T/16 on: the first positions after BOS are off-scale."),)
 
     @classmethod
     def tables(cls, frame) -> dict[str, Any]:
