@@ -59,7 +59,7 @@ def test_default_dimensions_are_those_that_follow_position_inside_t():
     values[inside, 4] = -torch.arange(10.0) * 3  # falls with position: |rho| = 1
     values[inside, 1] = torch.arange(10.0) ** 2  # rises: rho = 1
     values[~inside, 0] = torch.arange(10.0) * 100  # tracks position only past T: not chosen
-    values[:, 5] = 1e4  # the largest |value| (a constant "massive activation"): not chosen
+    values[:, 5] = 1e4 + values[:, 5]  # the largest |values|, not following position: not chosen
     assert position_tracking_dims(values, positions, 100, 2) == [1, 4]
 
 
