@@ -234,6 +234,8 @@ def test_attn_implementation_is_recorded_and_separates_results(tmp_path):
     ("smollm2-speed-cpu", "origin", "origin-3b6049536b.csv"),
     ("smollm2-passkey-cpu", "mesa", "mesa-38cf94d29a.csv"),
     ("smollm2-ppl-cpu", "rerope", "rerope-b029236187.csv"),
+    ("smollm2-passkey-depth-cpu", "mesa", "mesa-6a6ade9c96.csv"),
+    ("smollm2-hidden-cpu", "origin", "origin-b524664c5b.csv"),
 ])
 def test_the_committed_reproduction_stays_resumable(experiment, method, committed):
     """A config key added later must not move the committed rows' files (a hash change would recompute hours)."""
