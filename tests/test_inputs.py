@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.choices import unknown_choice_message
+from harness.choices import unknown_choice_message, unknown_key_message
 from harness.devices import check_device
 from harness.errors import HarnessError
 from harness.plan import plan_job
@@ -137,6 +137,19 @@ def test_unknown_group_options_name_the_choices():
         assert unknown_choice_message(fine) is None, fine
 
 
+def test_unknown_keys_are_one_line():
+    assert unknown_key_message(["task.nosuch=1"]) == ("error: task.nosuch is not a setting here (see them with --cfg "
+                                                      "job); check the spelling, or add a new key with +task.nosuch=1")
+    # inside a sweep, after a preset, or with Hydra's own flags around it
+    for argv in (["-m", "method=origin,mesa", "model.nosuch=2"], ["+experiment=smollm2-passkey-depth-cpu", "task.nosuch=1"],
+                 ["--cfg", "job", "method=glob(*)", "method.nosuch=1"]):
+        assert unknown_key_message(argv).startswith("error: " + argv[-1].split("=")[0] + " is not a setting"), argv
+    for fine in (["task.samples=3"], ["-m", "method=glob(*)", "task.samples=range(1,3)"], ["+task.newkey=1"],
+                 ["task=hidden", "task.dims={5:[1]}"], ["+experiment=smollm2-passkey-depth-cpu", "~task.depths"],
+                 ["method=mesa", "method.stair_width=40"], ["task.lengths=[1,"], ["-cd", "/x", "task.nosuch=1"]):
+        assert unknown_key_message(fine) is None, fine
+
+
 # -- the CLI: one line, exit 2, nothing written (started outside the checkout) ------------------
 @pytest.mark.parametrize("args,first_words", [
     (["method=mesaa"], "error: unknown method 'mesaa'; choose from: "),
@@ -146,7 +159,8 @@ def test_unknown_group_options_name_the_choices():
     (["device=gpu"], "error: device='gpu' is not a device"),
     (["seed=abc"], "error: seed must be an integer"),
     (["task.lengths=[]"], "error: task.lengths is empty"),
-], ids=["method", "task", "model-in-sweep", "plan-cuda", "gpu", "seed", "no-lengths"])
+    (["task.nosuch=1"], "error: task.nosuch is not a setting here"),
+], ids=["method", "task", "model-in-sweep", "plan-cuda", "gpu", "seed", "no-lengths", "unknown-key"])
 def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
