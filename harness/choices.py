@@ -48,15 +48,15 @@ def unknown_key_message(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
     """The one-line error for an override of a key the composed config does not have, else None."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException, HydraException
+    from hydra.errors import ConfigCompositionException
 
     if any(arg.split("=")[0] in _OWN_SEARCH_PATH or arg.startswith("hydra.searchpath") for arg in argv):
         return None
     try:
         overrides = [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return None  # Hydra's own message says what is wrong with the syntax
+    except Exception:  # noqa: BLE001 - bad syntax (Hydra's own message says what is wrong) or a plugin failing to load
+        return None
     single = []  # one job's overrides: a sweep's first value; Hydra's settings and glob() sweeps as they default
     for override in parsed:
         if override.key_or_group.startswith("hydra") or override.value_type is not None and "GLOB" in override.value_type.name:
@@ -82,10 +82,17 @@ def unknown_key_message(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
 
 
 def check_choices(argv: Sequence[str] | None = None) -> None:
-    """Exit with status 2 and one line on stderr if the command line names an unknown group option
-    or a key the config does not have."""
-    argv = sys.argv[1:] if argv is None else argv
-    message = unknown_choice_message(argv) or unknown_key_message(argv)
+    """Exit with status 2 and one line on stderr if the command line names an unknown group option."""
+    _exit_with(unknown_choice_message(sys.argv[1:] if argv is None else argv))
+
+
+def check_keys(argv: Sequence[str] | None = None) -> None:
+    """Exit with status 2 and one line on stderr if the command line overrides a key the config does
+    not have. Composing loads Hydra's plugins, so the launcher check runs before this one."""
+    _exit_with(unknown_key_message(sys.argv[1:] if argv is None else argv))
+
+
+def _exit_with(message: str | None) -> None:
     if message:
         print(message, file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness import REPO_ROOT
-from harness.choices import check_choices
+from harness.choices import check_choices, check_keys
 from harness.errors import HarnessError
 from harness.launchers import check_launcher_plugins
 
@@ -67,6 +67,7 @@ def _hydra_main(cfg: DictConfig) -> dict:
 def main() -> None:
     check_choices()  # an unknown model/method/task/experiment: one line naming the choices, exit 2
     check_launcher_plugins()  # a launcher plugin that is not installed: one line, exit 2
+    check_keys()  # a key the config does not have (task.nosuch=1): one line, exit 2
     import transformers
 
     # generate() warns on every prompt longer than the model's max_position_embeddings, which is
