@@ -30,8 +30,9 @@ The figure draws value against position per method, the training length as a ver
 threshold as a horizontal one, and marks the first crossing (:func:`first_crossing`): the first
 position past T - 1 where the value is beyond the threshold on the side away from the curve's mean
 inside T (the paper's "exceeds the threshold", for curves that rise or fall towards it), by more
-than the curve's own noise (three median steps between recorded positions inside T). The threshold is the model's own value at T - 1, i.e. Origin's where
-Origin's rows exist (one line per panel, as in the paper); a method without them uses its own.
+than the curve's own noise (three median steps between recorded positions inside T). The
+threshold is the model's own value at T - 1, i.e. Origin's where Origin's rows exist (one line
+per panel, as in the paper); a method without them uses its own.
 """
 
 from __future__ import annotations
