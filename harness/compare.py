@@ -14,9 +14,9 @@ inputs both scored ``ok`` with the same ``input_hash``:
 
 ``difference`` is first minus second; ``better`` says which series the difference favours in the
 task's direction (``higher_is_better``; empty when equal), significant or not: compare ``p_value``
-with your alpha (the printed table names the better series only when p < alpha). With 2-4 samples per length nothing can be
-significant (the smallest two-sided exact p-value with n pairs is 2 / 2^n): the table says so
-rather than hiding it. Rows: one per (model, task, length, first, second), the first series later
+with your alpha (the printed table names the better series only when p < alpha). With 2-4
+samples per length nothing can be significant (the smallest two-sided exact p-value with n pairs
+is 2 / 2^n): the table says so rather than hiding it. Rows: one per (model, task, length, first, second), the first series later
 in the methods' order than the second (so Origin is always second).
 """
 
