@@ -7,7 +7,7 @@ one sample. The estimate is arithmetic on the model's architecture (from ``model
 
     weights + KV cache (input + new tokens) + max(prefill working set, decode extras)
 
-* weights: the parameter count of a LLaMA-style decoder times the dtype's bytes;
+* weights: the parameter count of the architecture's shape (harness.architectures) times the dtype's bytes;
 * prefill working set: one layer's transient tensors (hidden states, q/k/v, MLP activations),
   the method's attention scratch (``Method.prefill_attention_bytes``), and the logits the task builds;
 * decode extras: the key copies the method keeps while decoding (``Method.decode_key_copies``).
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from harness.architectures import Shape, architecture_for
 from harness.job import check_job, results_path
 from harness.results import ResultsFile
 
@@ -34,36 +35,6 @@ if TYPE_CHECKING:
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-@dataclass
-class Shape:
-    """What the estimate needs from a transformers config."""
-
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied: bool
-
-    @classmethod
-    def from_config(cls, config: dict) -> Shape:
-        heads = int(config["num_attention_heads"])
-        hidden = int(config["hidden_size"])
-        return cls(vocab=int(config["vocab_size"]), hidden=hidden, layers=int(config["num_hidden_layers"]), heads=heads,
-                   kv_heads=int(config.get("num_key_value_heads") or heads),
-                   head_dim=int(config.get("head_dim") or hidden // heads),
-                   intermediate=int(config["intermediate_size"]), tied=bool(config.get("tie_word_embeddings", False)))
-
-    @property
-    def parameters(self) -> int:
-        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)  # q, o and k, v
-        mlp = 3 * self.hidden * self.intermediate
-        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embeddings + self.layers * (attention + mlp + 2 * self.hidden) + self.hidden
 
 
 @dataclass
@@ -117,10 +88,15 @@ def model_shape(model_cfg: dict) -> tuple[Shape | None, str]:
         candidates.append(cache_root() / model_cfg["name"] / "config.json")
     for path in candidates:
         if path.is_file():
-            return Shape.from_config(json.loads(path.read_text())), str(path)
+            return shape_of(json.loads(path.read_text())), str(path)
     if model_cfg.get("architecture"):
-        return Shape.from_config(dict(model_cfg["architecture"])), "model.architecture"
+        return shape_of(dict(model_cfg["architecture"])), "model.architecture"
     return None, "no architecture known without loading the model (set model.architecture or model.local_path)"
+
+
+def shape_of(config: dict) -> Shape:
+    """The shape of a transformers config dict, read by its architecture's entry."""
+    return architecture_for(config).shape(config)
 
 
 def estimate_memory(shape: Shape, method: Method, length: int, new_tokens: int, logits_positions: int, dtype: str,
@@ -131,7 +107,7 @@ def estimate_memory(shape: Shape, method: Method, length: int, new_tokens: int, 
     tokens = length + new_tokens
     kv_layer = 2 * tokens * shape.kv_heads * shape.head_dim * b
     layer_prefill = (
-        3 * length * shape.hidden * b  # residual stream, normed input, layer output
+        3 * length * shape.width * b  # residual stream, normed input, layer output
         + length * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * b  # q, k, v
         + max(3 * length * shape.intermediate * b,  # MLP: gate, up, their product
               method.prefill_attention_bytes(shape, length, b, attn_implementation))

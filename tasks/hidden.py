@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from harness.architectures import architecture_of
 from harness.errors import HarnessError
-from harness.methods.method import decoder_of
 from harness.results import input_hash
 from tasks.base import Figure, Task
 
@@ -147,7 +147,7 @@ class HiddenStateTask(Task):
     def evaluate_length(self, model: torch.nn.Module, length: int) -> list[dict[str, Any]]:
         ids = self.input_ids(length)
         positions = self.sampled_positions(length)
-        layers = decoder_of(model).layers
+        layers = architecture_of(model).layers_of(model)
         chosen = [index % len(layers) for index in self.layers]
         device = next(model.parameters()).device
         where = torch.tensor(positions, device=device)

@@ -16,24 +16,38 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from harness.architectures import rope_kind
 from harness.methods import METHODS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TRAIN_LENGTH = 128  # the tiny-random model's (conf/model/tiny-random.yaml)
 
-ARCHITECTURES = {
+# One tiny configuration per entry of harness.architectures.ARCHITECTURES (tests/test_architectures.py
+# checks that none is missing), plus variants of an entry (Phi-3 with LongRoPE).
+TINY_ARCHITECTURES = {
     "llama": dict(model_type="llama"),
     "mistral": dict(model_type="mistral", sliding_window=None),
     "qwen2": dict(model_type="qwen2", use_sliding_window=False),
     "qwen3": dict(model_type="qwen3", use_sliding_window=False),
     "phi3": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2),  # partial rotary
+    # Phi-3-128k's LongRoPE: short factors up to 64 tokens (original_max_position_embeddings), long
+    # ones beyond; T = max_position_embeddings = 128. Factor lists: rotary_dim / 2 = 4 entries.
+    "phi3-longrope": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                          original_max_position_embeddings=64,
+                          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5, factor=2.0,
+                                               short_factor=[1.0, 1.3, 1.9, 2.6], long_factor=[1.0, 2.2, 4.5, 9.0])),
+    # Pythia: partial rotary (Pythia's own is 0.25 of 128 channels; half of 16 here, so positions
+    # matter in the tiny model), no GQA, parallel residual.
+    "gpt_neox": dict(model_type="gpt_neox", rotary_pct=0.5),
 }
+# The architectures whose positions are RoPE (the `arch` fixture); ALiBi models have their own tests.
+ARCHITECTURES = dict(TINY_ARCHITECTURES)
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
     """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode.
     ``attn_implementation``: transformers' default (sdpa) unless given (eager)."""
-    kwargs = dict(ARCHITECTURES[arch])
+    kwargs = dict(TINY_ARCHITECTURES[arch])
     model_type = kwargs.pop("model_type")
     params = dict(
         vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -62,6 +76,22 @@ def tiny_params(method: str) -> dict:
 
 
 TINY_PARAMS = {method: tiny_params(method) for method in METHODS}
+
+
+def supports(method: str, arch: str) -> bool:
+    """Whether ``method`` runs on the tiny ``arch`` model (the others refuse it with one line)."""
+    kinds = METHODS[method].rope_kinds
+    return kinds is None or rope_kind(tiny_model(arch)) in kinds
+
+
+def archs_for(method: str) -> list[str]:
+    """The RoPE architectures ``method`` supports, for parametrize("arch", ...)."""
+    return [a for a in ARCHITECTURES if supports(method, a)]
+
+
+def method_arch_pairs(methods=None) -> list[tuple[str, str]]:
+    """Every (method, RoPE architecture) pair the method supports, for parametrize("method,arch", ...)."""
+    return [(m, a) for a in ARCHITECTURES for m in (methods or METHODS) if supports(m, a)]
 
 
 @pytest.fixture(params=list(ARCHITECTURES))

@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from harness.methods.method import build_method
-from harness.plan import Shape, estimate_memory, plan_job
+from harness.plan import estimate_memory, plan_job, shape_of
 from harness.runner import run_job
 from tests.test_runner import config
 
@@ -20,18 +20,19 @@ def test_parameter_count_matches_transformers(tied, kv_heads):
     arch = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=kv_heads,
                 head_dim=16, intermediate_size=96, tie_word_embeddings=tied)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch))
-    assert Shape.from_config(arch).parameters == sum(p.numel() for p in model.parameters())
+    assert shape_of(arch).parameters == sum(p.numel() for p in model.parameters())
 
 
 def test_llama2_7b_shape_from_its_model_config():
     from omegaconf import OmegaConf
 
     arch = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2-7b.yaml").architecture)
-    assert Shape.from_config(arch).parameters == 6_738_415_616  # the published count
+    assert shape_of(arch).parameters == 6_738_415_616  # the published count
 
 
 def test_memory_estimate_parts():
-    shape = Shape(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, intermediate=11008, tied=False)
+    shape = shape_of(dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                          intermediate_size=11008, tie_word_embeddings=False))
     origin = build_method("origin", 4096)
     one = estimate_memory(shape, origin, 4096, 0, 1, "float16")
     two = estimate_memory(shape, origin, 8192, 0, 1, "float16")

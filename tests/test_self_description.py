@@ -95,7 +95,7 @@ class Throwaway(Method):
     color = "#123456"
     marker = "p"
     order = 99
-    model_types = None
+    rope_kinds = None
     sliding_window = True
     decode_key_copies = 3
 

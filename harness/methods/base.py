@@ -4,9 +4,10 @@ Weave methods (ReRoPE, Leaky-ReRoPE, Mesa) need queries and keys UN-rotated, and
 hold un-rotated keys, because the position a key is rotated to depends on the query looking at it.
 We get that without copying any modeling file:
 
-1. the model's rotary module (``model.model.rotary_emb``, an instance attribute) is replaced by
-   :class:`IdentityRotary`, which returns cos = 1, sin = 0: the stock ``apply_rotary_pos_emb`` then
-   leaves q/k bit-exactly unchanged, and the stock cache stores un-rotated keys;
+1. the model's rotary module (``rotary_emb`` of the decoder stack that harness.architectures
+   names, an instance attribute) is replaced by :class:`IdentityRotary`, which returns cos = 1,
+   sin = 0: the stock ``apply_rotary_pos_emb`` then leaves q/k bit-exactly unchanged (the
+   pass-through channels of partial rotary too), and the stock cache stores un-rotated keys;
 2. one attention function, registered with ``AttentionInterface`` under :data:`ATTENTION_NAME`,
    is selected with ``model.set_attn_implementation``; it finds the method object on the
    attention module it is called for (``module.harness_method``), so two models with two methods
@@ -25,8 +26,11 @@ from torch import nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
 
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from harness.architectures import architecture_of
 from harness.errors import HarnessError, UnsupportedModelError
-from harness.methods.method import Method, decoder_of
+from harness.methods.method import Method
 from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
 
 ATTENTION_NAME = "harness_weave"
@@ -63,11 +67,18 @@ class WeaveMethod(Method):
     """
 
     sliding_window = False  # a weave method attends over every cached key; a sliding window drops old ones
+    # LongRoPE (Phi-3-128k): the frequencies of the true total length, chosen per forward (bind).
+    rope_kinds = ("full", "partial", "longrope")
 
     def __init__(self, train_length: int):
         super().__init__(train_length)
         self.inv_freq: torch.Tensor | None = None
         self.attention_scaling = 1.0
+        # LongRoPE: {"short": inv_freq, "long": inv_freq} and the total length up to which "short"
+        # holds; None for RoPE whose frequencies do not depend on the length.
+        self.frequency_regimes: dict[str, torch.Tensor] | None = None
+        self.short_up_to = 0
+        self.regime = "static"  # which frequencies this forward uses; part of every rotated-key layout
         self.state: dict[str, Any] = {}
         # "fused" (the device's flash/efficient kernels) or "explicit" (matmul + softmax); set by
         # attach_weave from the model's attn_implementation (sdpa -> fused, eager -> explicit).
@@ -81,14 +92,33 @@ class WeaveMethod(Method):
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self, rotary: nn.Module) -> None:
-        """Take the RoPE frequencies from the model's original rotary module."""
+        """Take the RoPE frequencies from the model's original rotary module.
+
+        LongRoPE's frequencies depend on the length: the model's own rope function gives the short
+        factors' frequencies for a total length <= original_max_position_embeddings and the long
+        factors' beyond; ``attention_scaling`` is the same in both. Stock transformers chooses by
+        the largest position id of each forward; here the choice follows the true total length
+        (cached + new keys), so a cached decoding step that crosses the switch re-rotates every key
+        with the long factors, exactly as recomputing the whole sequence would."""
         self.inv_freq = rotary.inv_freq.detach().clone()
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.frequency_regimes, self.regime = None, "static"
+        if getattr(rotary, "rope_type", "default") == "longrope":
+            init = ROPE_INIT_FUNCTIONS["longrope"]
+            device = rotary.inv_freq.device
+            short, self.attention_scaling = init(rotary.config, device)  # standardizes rope_parameters first
+            self.short_up_to = int(rotary.config.rope_parameters["original_max_position_embeddings"])
+            long, _ = init(rotary.config, device, seq_len=self.short_up_to + 1)
+            self.frequency_regimes = {"short": short, "long": long}
+            self.regime, self.inv_freq = "short", short
 
     def begin_forward(self, state: dict[str, Any], past_length: int, new_length: int) -> None:
         """Called before each model forward. ``state`` persists across the forwards of one sequence."""
         self.state = state
         self.shared: dict[tuple, Any] = {}  # what every layer of this forward computes alike (see per_forward)
+        if self.frequency_regimes is not None:
+            self.regime = "long" if past_length + new_length > self.short_up_to else "short"
+            self.inv_freq = self.frequency_regimes[self.regime]
 
     # -- helpers for subclasses ------------------------------------------------------------
     def per_forward(self, key: tuple, make):
@@ -129,6 +159,7 @@ class WeaveMethod(Method):
         copy of the keys, and decoding pays one full rotation at its first step.
         """
         length = positions.shape[0]
+        layout = (self.regime, layout)  # keys rotated with LongRoPE's short factors are stale once it switches
         if not (keep and self.state.get("persist", False)):
             return self.rope(keys, positions, table=f"{tag}-keys-0-{length}")
         store = self.state.setdefault("rotated_keys", {})
@@ -171,8 +202,12 @@ def _weave_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise HarnessError(
             f"attention implementation {ATTENTION_NAME!r} is selected but no method is attached; use apply_method()"
         )
-    if kwargs.get("sliding_window") is not None:
-        raise UnsupportedModelError(f"method {method.name!r} does not support sliding-window attention layers")
+    window = kwargs.get("sliding_window")
+    if window is not None and window < key.shape[2]:  # a window longer than the sequence drops nothing
+        raise UnsupportedModelError(
+            f"method {method.name!r} does not support sliding-window attention: this layer's window of {window} "
+            f"tokens is shorter than the {key.shape[2]} keys"
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     output = method.attend(module.layer_idx, query, key, value, scaling)
@@ -220,7 +255,9 @@ def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):
 
 def attach_weave(model: nn.Module, method: WeaveMethod) -> None:
     """Install ``method`` on ``model`` (in place); see the module docstring for the mechanism."""
-    decoder = decoder_of(model)
+    architecture = architecture_of(model)
+    decoder = architecture.decoder_of(model)
+    attention_modules = architecture.attention_modules(model)
     method.bind(decoder.rotary_emb)
     original_implementation = model.config._attn_implementation
     method.kernels = KERNELS_OF_IMPLEMENTATION.get(original_implementation)
@@ -231,16 +268,16 @@ def attach_weave(model: nn.Module, method: WeaveMethod) -> None:
         )
     decoder.rotary_emb = IdentityRotary(decoder.rotary_emb)
     decoder.harness_method = method
-    for layer in decoder.layers:
-        layer.self_attn.harness_method = method
+    for module in attention_modules:
+        module.harness_method = method
     handle = decoder.register_forward_pre_hook(_forward_pre_hook, with_kwargs=True)
 
     def undo() -> None:
         handle.remove()
         decoder.rotary_emb = decoder.rotary_emb.original
         del decoder.harness_method
-        for layer in decoder.layers:
-            del layer.self_attn.harness_method
+        for module in attention_modules:
+            del module.harness_method
         model.set_attn_implementation(original_implementation)
 
     model.set_attn_implementation(ATTENTION_NAME)

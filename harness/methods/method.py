@@ -10,7 +10,8 @@ The class states, once:
   ``_target_``, the class); a config key the class does not take is refused with one line;
 * what plan mode needs to estimate its memory: ``decode_key_copies`` and
   :meth:`prefill_attention_bytes`;
-* what it supports: ``model_types``, ``sliding_window``, ``cached_decoding``;
+* what it supports: ``rope_kinds`` (how positions reach attention, per harness.architectures),
+  ``sliding_window``, ``cached_decoding``;
 * how it changes a model: :meth:`attach`.
 """
 
@@ -22,14 +23,9 @@ from typing import ClassVar
 
 from torch import nn
 
+from harness.architectures import architecture_of, model_type_of, rope_kind
 from harness.errors import HarnessError, UnsupportedModelError
 
-# Architectures whose attention modules apply RoPE through the model-level rotary module and call
-# the registered attention function with (module, q, k, v, mask, scaling=...). Others may work but
-# are refused until a parity test covers them.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
-# RoPE types whose frequencies do not depend on the input length, so one inv_freq serves all positions.
-STATIC_ROPE_TYPES = ("default", "linear", "llama3")
 # "exact": decoding with the KV cache gives the logits of recomputing the whole sequence;
 # "approximate": it does not, by construction (the class docstring says why).
 CACHED_DECODING = ("exact", "approximate")
@@ -46,8 +42,9 @@ class Method(ABC):
     color: ClassVar[str]  # one colour and marker per method in every figure
     marker: ClassVar[str]
     order: ClassVar[int]  # position in legends and tables (then by name)
-    # Supports: model types (None: any model), sliding-window attention layers, cached decoding.
-    model_types: ClassVar[tuple[str, ...] | None] = SUPPORTED_MODEL_TYPES
+    # Supports: how positions reach attention (harness.architectures.ROPE_KINDS; None: any model,
+    # even one outside the architecture table), sliding-window attention layers, cached decoding.
+    rope_kinds: ClassVar[tuple[str, ...] | None] = ("full", "partial")
     sliding_window: ClassVar[bool] = False
     cached_decoding: ClassVar[str] = "exact"
     # Memory for plan mode: copies of one layer's K cache the method keeps per layer while decoding.
@@ -94,32 +91,23 @@ class Method(ABC):
 
     def check_model(self, model: nn.Module) -> nn.Module:
         """Refuse, with a clear message, a model this method cannot handle. Returns the decoder stack."""
-        config = model.config
-        model_type = getattr(config, "model_type", type(model).__name__)
-        if self.model_types is not None and model_type not in self.model_types:
+        try:
+            architecture = architecture_of(model)
+        except UnsupportedModelError as error:
+            raise UnsupportedModelError(f"method {self.name!r}: {error}") from None
+        model_type = architecture.model_type
+        kind = rope_kind(model)
+        if self.rope_kinds is not None and kind not in self.rope_kinds:
             raise UnsupportedModelError(
-                f"method {self.name!r} does not support model type {model_type!r}; "
-                f"supported: {', '.join(self.model_types)}"
+                f"method {self.name!r} cannot be applied to model type {model_type!r}, whose positions are {kind!r}; "
+                f"it supports: {', '.join(self.rope_kinds)}"
             )
-        decoder = decoder_of(model)
-        rotary = decoder.rotary_emb
-        rotary = getattr(rotary, "original", rotary)
-        rope_type = getattr(rotary, "rope_type", "default")
-        if rope_type not in STATIC_ROPE_TYPES:
-            raise UnsupportedModelError(
-                f"method {self.name!r} cannot be applied to model type {model_type!r} with rope_type {rope_type!r}: "
-                f"its frequencies depend on the input length; supported rope types: {', '.join(STATIC_ROPE_TYPES)}"
-            )
-        layer_types = getattr(config, "layer_types", None) or []
-        uses_sliding = "sliding_attention" in layer_types or (
-            model_type == "mistral" and getattr(config, "sliding_window", None) is not None
-        )
-        if uses_sliding and not self.sliding_window:
+        if architecture.uses_sliding_window(model.config) and not self.sliding_window:
             raise UnsupportedModelError(
                 f"method {self.name!r} does not support sliding-window attention (model type {model_type!r}); "
                 "set the config's sliding_window to null for a full-attention model"
             )
-        return decoder
+        return architecture.decoder_of(model)
 
 
 class RotaryMethod(Method):
@@ -139,7 +127,7 @@ class RotaryMethod(Method):
         original = decoder.rotary_emb
         if getattr(original, "rope_type", "default") != "default":
             raise UnsupportedModelError(
-                f"method {self.name!r} needs plain RoPE; model type {model.config.model_type!r} "
+                f"method {self.name!r} needs plain RoPE; model type {model_type_of(model)!r} "
                 f"uses rope_type {original.rope_type!r}"
             )
         decoder.rotary_emb = self.rotary_for(model, original)
@@ -151,14 +139,9 @@ class RotaryMethod(Method):
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder stack (``model.model`` for *ForCausalLM) that owns ``rotary_emb`` and ``layers``."""
-    decoder = getattr(model, "model", model)
-    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
-        raise UnsupportedModelError(
-            f"model type {model.config.model_type!r} has no model-level rotary module; "
-            f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    return decoder
+    """The decoder stack (``model.model`` for LLaMA, ``model.gpt_neox`` for Pythia, ...; see
+    harness.architectures) that owns the layers and, for RoPE models, ``rotary_emb``."""
+    return architecture_of(model).decoder_of(model)
 
 
 def method_class(name: str) -> type[Method]:

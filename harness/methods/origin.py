@@ -15,7 +15,7 @@ class Origin(Method):
     color = "#444444"
     marker = "o"
     order = 0
-    model_types = None
+    rope_kinds = None  # the stock model: any architecture
     sliding_window = True
 
     def __init__(self, train_length: int):

@@ -6,13 +6,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods import METHODS, apply_method, method_parameters, remove_method
-from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
+from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, method_arch_pairs, random_ids, tiny_model
 
 
-@pytest.mark.parametrize("method", [m for m, cls in METHODS.items() if cls.cached_decoding == "exact"])
+@pytest.mark.parametrize("method,arch", method_arch_pairs([m for m, cls in METHODS.items() if cls.cached_decoding == "exact"]))
 def test_cached_decoding_equals_full_recomputation(method, arch):
     """Past the training length too, for every method that says so (ReRoPE's positions depend only
-    on (t, j), so caching is exact)."""
+    on (t, j), so caching is exact). tests/test_architectures.py decodes across LongRoPE's switch."""
     model = apply_method(tiny_model(arch), method, **TINY_PARAMS[method])
     steps, full = decode_vs_recompute(model, random_ids(2 * TRAIN_LENGTH + 4), 2 * TRAIN_LENGTH)
     torch.testing.assert_close(steps, full, atol=1e-4, rtol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.methods import METHODS, apply_method
-from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model, tiny_params
+from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, archs_for, random_ids, tiny_model, tiny_params
 from tests.methods.test_parity import prefill_and_decode
 
 TINY_MESA = tiny_params("mesa")
@@ -22,8 +22,11 @@ CASES = [(m, TINY_PARAMS[m]) for m in METHODS] + [("mesa-paper", dict(TINY_MESA,
                                                    ("leaky-rerope-auto", dict(window=32, leaky_k="auto"))]
 
 
+CASE_ARCHS = [(case, arch) for case in CASES for arch in archs_for(case[0].replace("-paper", "").replace("-auto", ""))]
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,arch", CASE_ARCHS, ids=[f"{c[0]}-{a}" for c, a in CASE_ARCHS])
 def test_no_tensor_is_created_off_device(arch, case, implementation):
     name, params = case
     method = name.replace("-paper", "").replace("-auto", "")

@@ -6,7 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from harness.methods import METHODS, apply_method
-from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, random_ids, tiny_model
+from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, method_arch_pairs, random_ids, supports, tiny_model
 
 DECODE_STEPS = 4
 
@@ -25,7 +25,7 @@ def prefill_and_decode(model, ids, steps=DECODE_STEPS):
     return logits
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method,arch", method_arch_pairs())
 def test_method_equals_origin_inside_training_length(arch, method):
     # 24 prompt + 4 decoded tokens: shorter than the ReRoPE window (32) and Mesa's chunking threshold.
     ids = random_ids(24)
@@ -72,6 +72,8 @@ def assert_origin_until(arch, method, boundary, **params):
 def test_generate_works_for_every_method(arch):
     ids = random_ids(3 * TRAIN_LENGTH)
     for method in METHODS:
+        if not supports(method, arch):
+            continue
         model = apply_method(tiny_model(arch), method, **TINY_PARAMS[method])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5, do_sample=False)
         assert out.shape == (1, ids.shape[1] + 5), method

@@ -8,9 +8,12 @@ import torch
 
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods import apply_method, remove_method
-from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model
+from harness.methods.method import decoder_of
+from tests.conftest import TRAIN_LENGTH, archs_for, random_ids, tiny_model
 from tests.methods.test_api import decode_vs_recompute
 from tests.methods.test_parity import prefill_and_decode
+
+YARN_ARCHS = archs_for("yarn")
 
 
 def paper_ramp(base: float, rotary_dim: int, train_length: int, alpha: float = 1.0, beta: float = 32.0,
@@ -109,16 +112,17 @@ def test_the_ramp_follows_the_code_not_the_papers_text():
 def _stock_model_with(arch, inv_freq, scaling):
     """A stock model whose own rotary module uses the given frequencies and attention factor."""
     model = tiny_model(arch)
-    rotary = model.model.rotary_emb
+    rotary = decoder_of(model).rotary_emb
     rotary.inv_freq = inv_freq.to(torch.float32)
     rotary.attention_scaling = scaling
     return model
 
 
+@pytest.mark.parametrize("arch", YARN_ARCHS)
 @pytest.mark.parametrize("factor", [None, 4.0])
 def test_logits_past_training_length_match_a_stock_model_with_the_papers_frequencies(arch, factor):
     ids = random_ids(3 * TRAIN_LENGTH)
-    rotary_dim = 8 if arch == "phi3" else 16
+    rotary_dim = 2 * decoder_of(tiny_model(arch)).rotary_emb.inv_freq.shape[-1]
     s = factor or ids.shape[1] / TRAIN_LENGTH
     expected_model = _stock_model_with(arch, *paper_yarn(10000.0, rotary_dim, TRAIN_LENGTH, s))
     model = apply_method(tiny_model(arch), "yarn", factor=factor)
@@ -127,6 +131,7 @@ def test_logits_past_training_length_match_a_stock_model_with_the_papers_frequen
 
 
 # -- 2. dynamic equals Origin up to T; static does not ----------------------------------------------
+@pytest.mark.parametrize("arch", YARN_ARCHS)
 def test_dynamic_equals_origin_up_to_the_training_length(arch):
     ids = random_ids(TRAIN_LENGTH - 4)  # the 4 decode steps reach position T - 1, so L = T
     expected = prefill_and_decode(tiny_model(arch), ids)
@@ -184,6 +189,7 @@ def test_remove_restores_the_original_rotary_module():
 
 
 # -- 4. cached decoding and parameters ---------------------------------------------------------------
+@pytest.mark.parametrize("arch", YARN_ARCHS)
 def test_static_cached_decoding_equals_recomputation(arch):
     ids = random_ids(2 * TRAIN_LENGTH + 4)
     steps, full = decode_vs_recompute(apply_method(tiny_model(arch), "yarn", factor=4.0), ids, 2 * TRAIN_LENGTH)
