@@ -52,6 +52,16 @@ def _gated_mlp_parameters(s: Shape) -> int:
     return s.vocab * s.width * (1 if s.tied else 2) + s.layers * layer + s.width
 
 
+def _qwen2_parameters(s: Shape) -> int:
+    """Qwen2: LLaMA's, plus biases on q, k and v."""
+    return _gated_mlp_parameters(s) + s.layers * s.head_dim * (s.heads + 2 * s.kv_heads)
+
+
+def _qwen3_parameters(s: Shape) -> int:
+    """Qwen3: LLaMA's, plus an RMSNorm on each head's q and k."""
+    return _gated_mlp_parameters(s) + s.layers * 2 * s.head_dim
+
+
 def _gpt_neox_parameters(s: Shape) -> int:
     """GPT-NeoX: fused qkv and dense with biases, a 2-matrix MLP with biases, two LayerNorms per layer."""
     attention = 4 * s.width * s.width + 4 * s.width
@@ -82,6 +92,7 @@ class Architecture:
     attention: str = "self_attn"  # attribute of a layer that holds its attention module
     positions: str = "rope"  # "rope" or "alibi"
     sliding_window_key: str | None = None  # config key: a window shorter than max_position_embeddings
+    partial_rotary_key: str = "partial_rotary_factor"  # config key: the share of each head's channels rotated
     shape_keys: Mapping[str, str] = field(default_factory=dict)  # overrides of LLAMA_SHAPE_KEYS
     count_parameters: Callable[[Shape], int] = _gated_mlp_parameters
     # The MLP width where the config gives a ratio instead (MPT's expansion_ratio x d_model).
@@ -130,12 +141,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     for entry in (
         Architecture("llama"),
         Architecture("mistral", sliding_window_key="sliding_window"),
-        Architecture("qwen2"),  # sliding layers are named in layer_types
-        Architecture("qwen3"),
+        Architecture("qwen2", count_parameters=_qwen2_parameters),  # sliding layers are named in layer_types
+        Architecture("qwen3", count_parameters=_qwen3_parameters),
         # Phi-3-mini-128k's config has sliding_window 262144, longer than its context: full attention.
         Architecture("phi3", sliding_window_key="sliding_window"),
         # Pythia: partial rotary (rotary_pct 0.25 of each head), parallel residual, biases everywhere.
-        Architecture("gpt_neox", decoder="gpt_neox", attention="attention", count_parameters=_gpt_neox_parameters),
+        Architecture("gpt_neox", decoder="gpt_neox", attention="attention", partial_rotary_key="rotary_pct",
+                     count_parameters=_gpt_neox_parameters),
         # MPT-7B: ALiBi, no rotary module; attention is MPT's own eager matmul with an additive bias.
         Architecture("mpt", decoder="transformer", layers="blocks", attention="attn", positions="alibi",
                      shape_keys=dict(width="d_model", layers="n_layers", heads="n_heads", kv_heads="n_heads"),
@@ -160,9 +172,13 @@ def architecture_of(model: nn.Module) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+# The model type of an ``architecture`` dict that names none (the LLaMA shape of most paper models).
+DEFAULT_MODEL_TYPE = "llama"
+
+
 def architecture_for(config: Mapping) -> Architecture:
-    """The entry of a config dict (``model_type`` absent: llama, as transformers' AutoConfig default here)."""
-    model_type = config.get("model_type", "llama")
+    """The entry of a config dict (``model_type`` absent: :data:`DEFAULT_MODEL_TYPE`)."""
+    model_type = config.get("model_type", DEFAULT_MODEL_TYPE)
     if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"model type {model_type!r} is not in the architecture table; supported: {', '.join(ARCHITECTURES)}"
@@ -170,18 +186,25 @@ def architecture_for(config: Mapping) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
-def rope_kind(model: nn.Module) -> str:
-    """How positions reach ``model``'s attention: one of :data:`ROPE_KINDS`, or the rope type's
-    own name where its frequencies depend on the length in a way no method handles (e.g. dynamic)."""
-    architecture = architecture_of(model)
+def rope_kind(model_or_config) -> str:
+    """How positions reach attention: one of :data:`ROPE_KINDS`, or the rope type's own name where
+    its frequencies depend on the length in a way no method handles (e.g. dynamic).
+
+    Takes a model, its transformers config, or a config dict (plan mode's ``architecture``)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if isinstance(config, Mapping):
+        architecture, get = architecture_for(config), config.get
+    else:
+        architecture = architecture_of(model_or_config)
+        def get(key, default=None):
+            return getattr(config, key, default)
     if architecture.positions == "alibi":
         return "alibi"
-    config = model.config
-    parameters = getattr(config, "rope_parameters", None) or {}
-    rope_type = parameters.get("rope_type", "default")
+    parameters = get("rope_parameters") or get("rope_scaling") or {}
+    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
     if rope_type == "longrope":
         return "longrope"
     if rope_type not in STATIC_ROPE_TYPES:
         return rope_type
-    factor = parameters.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    factor = parameters.get("partial_rotary_factor", get(architecture.partial_rotary_key, 1.0))
     return "partial" if factor is not None and float(factor) < 1.0 else "full"

@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from harness.architectures import DEFAULT_MODEL_TYPE
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
 
@@ -246,7 +247,7 @@ def _architecture_config(cfg: dict):
         raise HarnessError(
             f"model {cfg['name']!r}: random weights need an 'architecture' dict (or a local_path with config.json)"
         )
-    model_type = arch.pop("model_type", "llama")
+    model_type = arch.pop("model_type", DEFAULT_MODEL_TYPE)
     return AutoConfig.for_model(model_type, **arch)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from harness.architectures import Shape, architecture_for
+from harness.architectures import Shape, architecture_for, rope_kind
 from harness.job import check_job, results_path
 from harness.results import ResultsFile
 
@@ -133,6 +133,9 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     train_length = model_cfg.get("train_length") or (model_cfg.get("architecture") or {}).get("max_position_embeddings")
     method = method_from_config(cfg.method, train_length)  # checks the method's settings too
     shape, source = model_shape(model_cfg)
+    architecture = model_cfg.get("architecture")
+    if architecture:  # a method that refuses this model is refused here too, before any time is spent
+        method.check_positions(architecture_for(architecture).model_type, rope_kind(dict(architecture)))
     new_tokens = task.generated_tokens(task_params)
     if task.whole_length:  # the task decides its samples; a length is done once it has rows
         samples = task.samples_per_length(task_params)

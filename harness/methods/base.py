@@ -96,10 +96,13 @@ class WeaveMethod(Method):
 
         LongRoPE's frequencies depend on the length: the model's own rope function gives the short
         factors' frequencies for a total length <= original_max_position_embeddings and the long
-        factors' beyond; ``attention_scaling`` is the same in both. Stock transformers chooses by
-        the largest position id of each forward; here the choice follows the true total length
-        (cached + new keys), so a cached decoding step that crosses the switch re-rotates every key
-        with the long factors, exactly as recomputing the whole sequence would."""
+        factors' beyond; ``attention_scaling`` is the same in both. The choice follows the true
+        total length (cached + new keys), as stock transformers' does for ordinary positions. A
+        cache cannot carry a sequence across the switch exactly: the hidden states of earlier
+        tokens, and so every later layer's keys, were computed with the short factors. generate()
+        therefore drops the cache there (Phi-3's prepare_inputs_for_generation) and the method
+        starts a new sequence state with it; a hand-written cached loop that crosses the switch
+        gets its cached keys re-rotated with the long factors, not a recomputation."""
         self.inv_freq = rotary.inv_freq.detach().clone()
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.frequency_regimes, self.regime = None, "static"

@@ -89,6 +89,15 @@ class Method(ABC):
             return 2 * shape.heads * length * length * dtype_bytes
         return 3 * length * shape.heads * shape.head_dim * dtype_bytes
 
+    def check_positions(self, model_type: str, kind: str) -> None:
+        """Refuse, in one line, a model whose positions (harness.architectures.rope_kind) this method
+        does not handle; plan mode asks this of a config, attaching of a model."""
+        if self.rope_kinds is not None and kind not in self.rope_kinds:
+            raise UnsupportedModelError(
+                f"method {self.name!r} cannot be applied to model type {model_type!r}, whose positions are {kind!r}; "
+                f"it supports: {', '.join(self.rope_kinds)}"
+            )
+
     def check_model(self, model: nn.Module) -> nn.Module:
         """Refuse, with a clear message, a model this method cannot handle. Returns the decoder stack."""
         try:
@@ -96,12 +105,7 @@ class Method(ABC):
         except UnsupportedModelError as error:
             raise UnsupportedModelError(f"method {self.name!r}: {error}") from None
         model_type = architecture.model_type
-        kind = rope_kind(model)
-        if self.rope_kinds is not None and kind not in self.rope_kinds:
-            raise UnsupportedModelError(
-                f"method {self.name!r} cannot be applied to model type {model_type!r}, whose positions are {kind!r}; "
-                f"it supports: {', '.join(self.rope_kinds)}"
-            )
+        self.check_positions(model_type, rope_kind(model))
         if architecture.uses_sliding_window(model.config) and not self.sliding_window:
             raise UnsupportedModelError(
                 f"method {self.name!r} does not support sliding-window attention (model type {model_type!r}); "
