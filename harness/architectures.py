@@ -93,6 +93,7 @@ class Architecture:
     positions: str = "rope"  # "rope" or "alibi"
     sliding_window_key: str | None = None  # config key: a window shorter than max_position_embeddings
     partial_rotary_key: str = "partial_rotary_factor"  # config key: the share of each head's channels rotated
+    context_key: str = "max_position_embeddings"  # config key: the context length the model advertises
     shape_keys: Mapping[str, str] = field(default_factory=dict)  # overrides of LLAMA_SHAPE_KEYS
     count_parameters: Callable[[Shape], int] = _gated_mlp_parameters
     # The MLP width where the config gives a ratio instead (MPT's expansion_ratio x d_model).
@@ -119,7 +120,7 @@ class Architecture:
         if "sliding_attention" in (getattr(config, "layer_types", None) or []):
             return True
         window = getattr(config, self.sliding_window_key, None) if self.sliding_window_key else None
-        return window is not None and window < getattr(config, "max_position_embeddings", window + 1)
+        return window is not None and window < (context_length(config) or window + 1)
 
     def shape(self, config: Mapping) -> Shape:
         """The shape of a config (a dict, e.g. config.json or the YAML's ``architecture``)."""
@@ -150,6 +151,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                      count_parameters=_gpt_neox_parameters),
         # MPT-7B: ALiBi, no rotary module; attention is MPT's own eager matmul with an additive bias.
         Architecture("mpt", decoder="transformer", layers="blocks", attention="attn", positions="alibi",
+                     context_key="max_seq_len",
                      shape_keys=dict(width="d_model", layers="n_layers", heads="n_heads", kv_heads="n_heads"),
                      count_parameters=_mpt_parameters,
                      intermediate_from=lambda c: int(c.get("expansion_ratio", 4)) * int(c["d_model"])),
@@ -184,6 +186,18 @@ def architecture_for(config: Mapping) -> Architecture:
             f"model type {model_type!r} is not in the architecture table; supported: {', '.join(ARCHITECTURES)}"
         )
     return ARCHITECTURES[model_type]
+
+
+def context_length(model_or_config) -> int | None:
+    """The context length a model's config advertises (max_position_embeddings, MPT's max_seq_len);
+    a model, its transformers config, or a config dict."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if isinstance(config, Mapping):
+        value = config.get(architecture_for(config).context_key)
+    else:
+        value = getattr(config, ARCHITECTURES.get(model_type_of(config), ARCHITECTURES[DEFAULT_MODEL_TYPE]).context_key,
+                        None)
+    return None if value is None else int(value)
 
 
 def rope_kind(model_or_config) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from harness.architectures import Shape, architecture_for, rope_kind
+from harness.architectures import Shape, architecture_for, context_length, rope_kind
 from harness.job import check_job, results_path
 from harness.results import ResultsFile
 
@@ -130,7 +130,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
     task = get_class(task_params["_target_"])  # its facts are class methods: nothing is built
-    train_length = model_cfg.get("train_length") or (model_cfg.get("architecture") or {}).get("max_position_embeddings")
+    train_length = model_cfg.get("train_length") or context_length(model_cfg.get("architecture") or {})
     method = method_from_config(cfg.method, train_length)  # checks the method's settings too
     shape, source = model_shape(model_cfg)
     architecture = model_cfg.get("architecture")

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from harness import models
+from harness.architectures import context_length
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
 from harness.models import LoadedModel, load_model
@@ -188,7 +189,7 @@ def test_model_yaml_is_complete(path):
     if cfg["source"] == "hf":
         assert cfg["hf_id"] and cfg["architecture"]
     if cfg["architecture"]:
-        assert cfg["architecture"]["max_position_embeddings"] >= cfg["train_length"]
+        assert context_length(cfg["architecture"]) >= cfg["train_length"]
     assert cfg["attn_implementation"] in models.ATTN_IMPLEMENTATIONS
     assert set(cfg["decode_sdpa_backends"] or []) <= set(models.SDPA_BACKENDS)
 
