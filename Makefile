@@ -42,8 +42,8 @@ corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (De
 clean:
 	rm -f $(STAMP)
 
-# The committed reproductions: the CPU one, and the GPU check's rows once they exist.
-FIGURES_FROM ?= $(wildcard results/cpu-smollm2 results/gpu-h100)
+# The committed reproductions: the CPU one, and the GPU checks (results/gpu-<machine>).
+FIGURES_FROM ?= $(wildcard results/cpu-smollm2 results/gpu-*)
 figures: $(STAMP)  ## every figure of the committed reproductions (or FIGURES_FROM=dir) -> <dir>/figures/, and <dir>/compare.csv
 	@for dir in $(FIGURES_FROM); do \
 		$(PYTHON) -m harness.collect --results $$dir && $(PYTHON) -m harness.compare --results $$dir/all.csv \

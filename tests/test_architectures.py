@@ -13,7 +13,9 @@ from harness.errors import UnsupportedModelError
 from harness.methods import METHODS, apply_method
 from harness.methods.method import decoder_of
 from harness.plan import shape_of
-from tests.conftest import TINY_ARCHITECTURES, TINY_PARAMS, random_ids, supports, tiny_model
+from harness.methods.base import WeaveMethod
+from tests.conftest import TINY_ARCHITECTURES, TINY_PARAMS, method_arch_pairs, random_ids, supports, tiny_model
+from tests.methods.test_attention import LargestTensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +73,19 @@ def test_no_python_file_outside_the_table_names_a_model_type():
                 continue
             offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in quoted.finditer(path.read_text())]
     assert not offenders
+
+
+@pytest.mark.parametrize("method,arch", [(m, a) for m, a in method_arch_pairs() if a in ("gpt_neox", "phi3-longrope")
+                                         and issubclass(METHODS[m], WeaveMethod)])
+def test_a_whole_model_prefill_builds_no_length_squared_tensor(method, arch):
+    """The fused kernels' promise holds through a whole partial-rotary / LongRoPE model: at 2k
+    tokens no op returns a tensor as large as one head's L x L scores."""
+    length = 2048
+    model = apply_method(tiny_model(arch), method, **dict(TINY_PARAMS[method], block_bytes=2**20))
+    ids = random_ids(length)
+    with torch.no_grad(), LargestTensor() as spy:
+        model(ids, use_cache=False, logits_to_keep=1)
+    assert spy.largest < length * length / 4, spy.largest
 
 
 # -- LongRoPE (Phi-3-128k): short factors up to original_max_position_embeddings (64 here), long beyond
