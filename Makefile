@@ -33,7 +33,7 @@ gpu-wheels:
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.25.0
 	$(PYTHON) -m pip wheel --quiet --no-deps -w benchmarks/wheels antlr4-python3-runtime==4.9.3
 
-gpu-check:  ## on a GPU machine: device parity, the 7B-shape speed sweep to 64k, rows in results/gpu-h100 (< 8 min on an H100)
+gpu-check:  ## on a GPU machine: the 7B-shape speed sweep to 64k, one row per model family, device parity; rows in $GPU_CHECK_OUT (< 10 min)
 	bash benchmarks/gpu_check.sh
 
 corpus: $(STAMP)  ## the offline perplexity corpus: Jane Austen's six novels (Debian r-cran-janeaustenr) in data/corpora/janeausten
