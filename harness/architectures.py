@@ -9,6 +9,8 @@ Methods, plan mode, the tests and the docs read :data:`ARCHITECTURES`; nothing e
   attention applies to q/k; full, partial or LongRoPE, read from the config by :func:`rope_kind`)
   or ``"alibi"`` (a per-head linear bias on the scores, built by the model);
 * the config key whose non-null value means sliding-window attention (besides ``layer_types``);
+* the config key of the context length (the default training length of the methods);
+* for ALiBi models, the decoder's method that builds the bias (harness.methods.alibi replaces it);
 * the config keys of the shape plan mode needs, and how many parameters that shape has.
 
 A model whose type is not in the table can still run Origin (the stock model); every other
@@ -43,6 +45,7 @@ class Shape:
     intermediate: int
     tied: bool
     parameters: int
+    positions: str = "rope"  # the architecture's: "rope" or "alibi" (plan mode counts ALiBi's bias)
 
 
 def _gated_mlp_parameters(s: Shape) -> int:
@@ -84,8 +87,10 @@ class Architecture:
     sliding_window_key: str | None = None  # config key: a window shorter than max_position_embeddings
     shape_keys: Mapping[str, str] = field(default_factory=dict)  # overrides of LLAMA_SHAPE_KEYS
     count_parameters: Callable[[Shape], int] = _gated_mlp_parameters
-    # The MLP width where the config gives a ratio instead (MPT's expansion_ratio x d_model).
+    # The MLP width where the config gives none (MPT: 4 x d_model).
     intermediate_from: Callable[[Mapping], int] | None = None
+    train_length_key: str = "max_position_embeddings"  # config key of the context length
+    alibi_builder: str | None = None  # ALiBi: the decoder's method that returns the bias (H, Lq, K)
 
     def decoder_of(self, model: nn.Module) -> nn.Module:
         """The decoder stack of ``model`` (a *ForCausalLM, or the decoder itself)."""
@@ -121,7 +126,7 @@ class Architecture:
         sizes = dict(vocab=int(config[keys["vocab"]]), width=hidden, layers=int(config[keys["layers"]]), heads=heads,
                      kv_heads=int(config.get(keys["kv_heads"]) or heads),
                      head_dim=int(config.get(keys["head_dim"]) or hidden // heads), intermediate=intermediate,
-                     tied=bool(config.get(keys["tied"], self.positions == "alibi")))
+                     tied=bool(config.get(keys["tied"], self.positions == "alibi")), positions=self.positions)
         return Shape(**sizes, parameters=self.count_parameters(Shape(**sizes, parameters=0)))
 
 
@@ -137,10 +142,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         # Pythia: partial rotary (rotary_pct 0.25 of each head), parallel residual, biases everywhere.
         Architecture("gpt_neox", decoder="gpt_neox", attention="attention", count_parameters=_gpt_neox_parameters),
         # MPT-7B: ALiBi, no rotary module; attention is MPT's own eager matmul with an additive bias.
+        # transformers' MptMLP is 4 x d_model whatever the config's expansion_ratio says.
         Architecture("mpt", decoder="transformer", layers="blocks", attention="attn", positions="alibi",
                      shape_keys=dict(width="d_model", layers="n_layers", heads="n_heads", kv_heads="n_heads"),
-                     count_parameters=_mpt_parameters,
-                     intermediate_from=lambda c: int(c.get("expansion_ratio", 4)) * int(c["d_model"])),
+                     count_parameters=_mpt_parameters, intermediate_from=lambda c: 4 * int(c["d_model"]),
+                     train_length_key="max_seq_len", alibi_builder="build_mpt_alibi_tensor"),
     )
 }
 
@@ -168,6 +174,14 @@ def architecture_for(config: Mapping) -> Architecture:
             f"model type {model_type!r} is not in the architecture table; supported: {', '.join(ARCHITECTURES)}"
         )
     return ARCHITECTURES[model_type]
+
+
+def config_train_length(model_or_config) -> int:
+    """The context length a model's config states (``max_position_embeddings``, or the key its
+    table entry names: MPT's ``max_seq_len``); a model outside the table: max_position_embeddings."""
+    config = getattr(model_or_config, "config", model_or_config)
+    entry = ARCHITECTURES.get(model_type_of(config))
+    return int(getattr(config, entry.train_length_key if entry else "max_position_embeddings"))
 
 
 def rope_kind(model: nn.Module) -> str:

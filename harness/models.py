@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from harness.architectures import config_train_length
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
 
@@ -226,7 +227,7 @@ def _train_length(cfg: dict, config) -> int:
     """
     if cfg["train_length"] is not None:
         return cfg["train_length"]
-    return int(config.max_position_embeddings)
+    return config_train_length(config)  # max_position_embeddings (MPT: max_seq_len)
 
 
 # --------------------------------------------------------------------------------------------

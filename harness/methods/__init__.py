@@ -16,7 +16,7 @@ A method is one module in this package plus one config, ``conf/method/<name>.yam
   runner and plan mode build the method from it (:func:`method_from_config`), like tasks.
 
 ``train_length`` defaults to the model's training length (``model.harness_train_length`` set by
-``harness.models``, else the config's ``max_position_embeddings``). Applying a method to a model
+``harness.models``, else the config's ``max_position_embeddings``, MPT's ``max_seq_len``). Applying a method to a model
 that already has one first restores the original model, so methods never stack.
 """
 
@@ -29,6 +29,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from harness.architectures import config_train_length
 from harness.errors import HarnessError
 from harness.methods.mesa import mesa_chunk_plan, stair_positions
 from harness.methods.method import METHODS, Method, build_method, method_class, method_names
@@ -78,7 +79,7 @@ def apply_method(model: nn.Module, method: str | Method, **params) -> nn.Module:
     ``method`` is a name (then ``params`` are its parameters; ``None`` values mean "default") or
     a :class:`Method` already built (e.g. by :func:`method_from_config`)."""
     if isinstance(method, str):
-        default_train_length = getattr(model, "harness_train_length", None) or model.config.max_position_embeddings
+        default_train_length = getattr(model, "harness_train_length", None) or config_train_length(model)
         method = build_method(method, default_train_length, **params)
     elif params:
         raise HarnessError(f"apply_method got a built method {method.name!r} and parameters {sorted(params)}")
