@@ -93,7 +93,7 @@ class AlibiBias:
         slopes = alibi_slopes(self.original, num_heads, alibi_bias_max, device)
         bias = distance.to(torch.float32)[None] * -slopes[:, None, None]  # (H, Lq or 1, K)
         if visible is not None:
-            bias = bias.masked_fill(~visible[None], float("-inf"))
+            bias.masked_fill_(~visible[None], float("-inf"))  # in place: one (H, Lq, K) tensor
         return bias
 
 

@@ -33,10 +33,10 @@ exactly the distances the RoPE path gives each pair (:meth:`Mesa.alibi_distances
   * ``variant="paper"`` uses Eq. 3's W(d) per pair instead of woven positions past T;
   * log-n scales the queries that use Stair PE (last chunk, decoding), as on RoPE.
 Why the same distances: ALiBi's bias is a function of the distance only, so a rule that gives
-each pair a distance transfers unchanged; the chunk structure bounds every distance a first or
-middle chunk sees by F + C < T, which is Mesa's point for ALiBi too (MPT's ALiBi extrapolates
-poorly past its training length). The bias is (H, L, L): the prefill's cost is MPT's eager
-attention's, not the linear cost of the chunked RoPE path.
+each pair a distance transfers unchanged, and what Mesa keeps inside the trained range (every
+distance a first or middle chunk sees is below F + C < T; the Stair compresses the rest) is the
+same. The bias is (H, L, L): the prefill's cost is MPT's eager attention's, not the linear cost of
+the chunked RoPE path.
 """
 
 from __future__ import annotations
