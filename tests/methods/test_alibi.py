@@ -35,6 +35,9 @@ ROTARY_ONLY = [m for m in METHODS if m not in ALIBI_METHODS]
 CASES = [(m, m, TINY_PARAMS[m]) for m in ALIBI_METHODS] + [
     ("mesa-paper", "mesa", dict(TINY_PARAMS["mesa"], variant="paper")),
     ("leaky-rerope-auto", "leaky-rerope", dict(window=32, leaky_k="auto")),
+    ("self-extend-uneven", "self-extend", dict(window=30, group_size=4)),  # G does not divide the window
+    ("lm-infinite-short", "lm-infinite", dict(n_global=10, n_local=64, distance_limit=48)),  # limit < n_local
+    ("streaming-llm-short", "streaming-llm", dict(sink=3, window=40)),
 ]
 CASE_IDS = [c[0] for c in CASES]
 
