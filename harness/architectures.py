@@ -9,6 +9,8 @@ Methods, plan mode, the tests and the docs read :data:`ARCHITECTURES`; nothing e
   attention applies to q/k; full, partial or LongRoPE, read from the config by :func:`rope_kind`)
   or ``"alibi"`` (a per-head linear bias on the scores, built by the model);
 * the config key whose non-null value means sliding-window attention (besides ``layer_types``);
+* the config key of the context length (the default training length of the methods);
+* for ALiBi models, the decoder's method that builds the bias (harness.methods.alibi replaces it);
 * the config keys of the shape plan mode needs, and how many parameters that shape has.
 
 A model whose type is not in the table can still run Origin (the stock model); every other
@@ -43,6 +45,7 @@ class Shape:
     intermediate: int
     tied: bool
     parameters: int
+    positions: str = "rope"  # the architecture's: "rope" or "alibi" (plan mode counts ALiBi's bias)
 
 
 def _gated_mlp_parameters(s: Shape) -> int:
@@ -96,8 +99,9 @@ class Architecture:
     context_key: str = "max_position_embeddings"  # config key: the context length the model advertises
     shape_keys: Mapping[str, str] = field(default_factory=dict)  # overrides of LLAMA_SHAPE_KEYS
     count_parameters: Callable[[Shape], int] = _gated_mlp_parameters
-    # The MLP width where the config gives a ratio instead (MPT's expansion_ratio x d_model).
+    # The MLP width where the config gives none (MPT: 4 x d_model).
     intermediate_from: Callable[[Mapping], int] | None = None
+    alibi_builder: str | None = None  # ALiBi: the decoder's method that returns the bias (H, Lq, K)
 
     def decoder_of(self, model: nn.Module) -> nn.Module:
         """The decoder stack of ``model`` (a *ForCausalLM, or the decoder itself)."""
@@ -133,7 +137,7 @@ class Architecture:
         sizes = dict(vocab=int(config[keys["vocab"]]), width=hidden, layers=int(config[keys["layers"]]), heads=heads,
                      kv_heads=int(config.get(keys["kv_heads"]) or heads),
                      head_dim=int(config.get(keys["head_dim"]) or hidden // heads), intermediate=intermediate,
-                     tied=bool(config.get(keys["tied"], self.positions == "alibi")))
+                     tied=bool(config.get(keys["tied"], self.positions == "alibi")), positions=self.positions)
         return Shape(**sizes, parameters=self.count_parameters(Shape(**sizes, parameters=0)))
 
 
@@ -150,11 +154,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("gpt_neox", decoder="gpt_neox", attention="attention", partial_rotary_key="rotary_pct",
                      count_parameters=_gpt_neox_parameters),
         # MPT-7B: ALiBi, no rotary module; attention is MPT's own eager matmul with an additive bias.
+        # transformers' MptMLP is 4 x d_model whatever the config's expansion_ratio says.
         Architecture("mpt", decoder="transformer", layers="blocks", attention="attn", positions="alibi",
                      context_key="max_seq_len",
                      shape_keys=dict(width="d_model", layers="n_layers", heads="n_heads", kv_heads="n_heads"),
-                     count_parameters=_mpt_parameters,
-                     intermediate_from=lambda c: int(c.get("expansion_ratio", 4)) * int(c["d_model"])),
+                     count_parameters=_mpt_parameters, intermediate_from=lambda c: 4 * int(c["d_model"]),
+                     alibi_builder="build_mpt_alibi_tensor"),
     )
 }
 

@@ -9,8 +9,11 @@ one sample. The estimate is arithmetic on the model's architecture (from ``model
 
 * weights: the parameter count of the architecture's shape (harness.architectures) times the dtype's bytes;
 * prefill working set: one layer's transient tensors (hidden states, q/k/v, MLP activations),
-  the method's attention scratch (``Method.prefill_attention_bytes``), and the logits the task builds;
-* decode extras: the key copies the method keeps while decoding (``Method.decode_key_copies``).
+  the method's attention scratch (``Method.prefill_attention_bytes``; on an ALiBi model MPT's
+  own eager scores plus the method's bias, ``Method.alibi_prefill_attention_bytes``, whatever
+  ``attn_implementation`` says: MPT has no other), and the logits the task builds;
+* decode extras: the key copies the method keeps while decoding (``Method.decode_key_copies``;
+  none on an ALiBi model, whose keys are never rotated).
 
 It is an estimate: allocator overheads, fragmentation and framework buffers are not modelled.
 docs/reproduction.md compares it with measured peaks.
@@ -106,14 +109,18 @@ def estimate_memory(shape: Shape, method: Method, length: int, new_tokens: int, 
     b = DTYPE_BYTES.get(dtype, 4)
     tokens = length + new_tokens
     kv_layer = 2 * tokens * shape.kv_heads * shape.head_dim * b
+    if shape.positions == "alibi":
+        attention = method.alibi_prefill_attention_bytes(shape, length, b)
+    else:
+        attention = method.prefill_attention_bytes(shape, length, b, attn_implementation)
     layer_prefill = (
         3 * length * shape.width * b  # residual stream, normed input, layer output
         + length * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * b  # q, k, v
-        + max(3 * length * shape.intermediate * b,  # MLP: gate, up, their product
-              method.prefill_attention_bytes(shape, length, b, attn_implementation))
+        + max(3 * length * shape.intermediate * b, attention)  # MLP: gate, up, their product
         + logits_positions * shape.vocab * 4  # float32 logits
     )
-    decode_extra = method.decode_key_copies * shape.layers * kv_layer // 2 if new_tokens else 0
+    copies = 0 if shape.positions == "alibi" else method.decode_key_copies  # ALiBi: no rotated keys to keep
+    decode_extra = copies * shape.layers * kv_layer // 2 if new_tokens else 0
     parts = dict(weights=shape.parameters * b, kv_cache=shape.layers * kv_layer, work=max(layer_prefill, decode_extra))
     out = {k: v / GIB for k, v in parts.items()}
     out["total"] = sum(out.values())

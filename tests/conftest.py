@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from harness.architectures import ARCHITECTURES as ARCHITECTURE_TABLE
 from harness.architectures import rope_kind
 from harness.methods import METHODS
 
@@ -39,14 +40,23 @@ TINY_ARCHITECTURES = {
     # Pythia: partial rotary (Pythia's own is 0.25 of 128 channels; half of 16 here, so positions
     # matter in the tiny model), no GQA, parallel residual.
     "gpt_neox": dict(model_type="gpt_neox", rotary_pct=0.5),
+    # MPT: ALiBi, its own config keys (no LLaMA ones), eager attention only; 4 heads of 16 channels.
+    # transformers' MPT ignores expansion_ratio (its MLP is 4 x d_model), hence 4 here.
+    "mpt": dict(model_type="mpt", d_model=64, n_layers=2, n_heads=4, max_seq_len=TRAIN_LENGTH, expansion_ratio=4,
+                vocab_size=256, initializer_range=0.2, tie_word_embeddings=False),
 }
-# The architectures whose positions are RoPE (the `arch` fixture); ALiBi models have their own tests.
-ARCHITECTURES = dict(TINY_ARCHITECTURES)
+# The architectures whose positions are RoPE (the `arch` fixture); ALiBi models have their own
+# tests (tests/methods/test_alibi.py).
+ARCHITECTURES = {k: v for k, v in TINY_ARCHITECTURES.items()
+                 if ARCHITECTURE_TABLE[v["model_type"]].positions == "rope"}
+ALIBI_ARCHITECTURES = {k: v for k, v in TINY_ARCHITECTURES.items() if k not in ARCHITECTURES}
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
     """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode.
-    ``attn_implementation``: transformers' default (sdpa) unless given (eager)."""
+    ``attn_implementation``: transformers' default (sdpa) unless given (eager). ALiBi models
+    (MPT) take only their own entry's keys, 4 heads without GQA, and eager attention, the only
+    one MPT has."""
     kwargs = dict(TINY_ARCHITECTURES[arch])
     model_type = kwargs.pop("model_type")
     params = dict(
@@ -54,6 +64,9 @@ def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | No
         head_dim=16, intermediate_size=128, max_position_embeddings=TRAIN_LENGTH, initializer_range=0.2,
         rope_theta=10000.0, tie_word_embeddings=False,
     )
+    if arch in ALIBI_ARCHITECTURES:
+        params = {}
+        attn_implementation = attn_implementation or "eager"
     params.update(kwargs)
     params.update(overrides)
     config = AutoConfig.for_model(model_type, **params)

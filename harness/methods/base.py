@@ -15,6 +15,9 @@ We get that without copying any modeling file:
 3. a forward pre-hook on the decoder gives the method per-sequence state (Mesa's chunk plan,
    rotated-key caches) stored on the KV-cache object, so state lives exactly as long as the
    generation it belongs to and nothing leaks between samples.
+
+ALiBi models (MPT) have no rotary module: there a weave method is a distance fed to the model's
+own attention bias (harness.methods.alibi), with the same pre-hook state.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from harness.architectures import architecture_of
+from harness.architectures import architecture_of, rope_kind
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods.method import Method
 from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
@@ -68,7 +71,8 @@ class WeaveMethod(Method):
 
     sliding_window = False  # a weave method attends over every cached key; a sliding window drops old ones
     # LongRoPE (Phi-3-128k): the frequencies of the true total length, chosen per forward (bind).
-    rope_kinds = ("full", "partial", "longrope")
+    # ALiBi (MPT): each weave method's rule as a distance fed to the bias (alibi_distances).
+    rope_kinds = ("full", "partial", "longrope", "alibi")
 
     def __init__(self, train_length: int):
         super().__init__(train_length)
@@ -86,9 +90,16 @@ class WeaveMethod(Method):
         self.shared: dict[tuple, Any] = {}
 
     def attach(self, model: nn.Module) -> None:
-        """Identity rotary module, the weave attention function and the per-sequence hook (module docstring)."""
+        """Identity rotary module, the weave attention function and the per-sequence hook (module
+        docstring); on an ALiBi model, the method's distances as the attention bias instead
+        (harness.methods.alibi)."""
         self.check_model(model)
-        attach_weave(model, self)
+        if rope_kind(model) == "alibi":
+            from harness.methods.alibi import attach_alibi  # alibi builds on this module
+
+            attach_alibi(model, self)
+        else:
+            attach_weave(model, self)
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self, rotary: nn.Module) -> None:
@@ -226,11 +237,16 @@ AttentionInterface.register(ATTENTION_NAME, _weave_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
 
 
-def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):
-    """Give the attached method per-sequence state before each decoder forward."""
-    method: WeaveMethod = decoder.harness_method
+def sequence_state(decoder: nn.Module, method: Method, args: tuple, kwargs: dict,
+                   refuse_padding: bool = True) -> tuple[dict[str, Any], int, torch.Tensor]:
+    """What a decoder forward pre-hook learns before each forward: the per-sequence state, the
+    number of cached tokens, and the forward's input (ids (B, L) or embeddings (B, L, width)).
+
+    The state lives on the KV-cache object (created here, plain full-attention layers, when the
+    forward will use a cache and none was passed: ``kwargs`` gets it), so it lasts exactly as long
+    as the generation it belongs to; without a cache it is a fresh dict that is not kept."""
     mask = kwargs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+    if refuse_padding and isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
         raise HarnessError(f"method {method.name!r} does not support padded batches; run one sequence at a time")
     inputs = kwargs.get("input_ids", args[0] if args else None)
     if inputs is None:
@@ -241,17 +257,22 @@ def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):
     if use_cache is None:
         use_cache = decoder.config.use_cache
     if cache is None and use_cache:
-        # Created here (plain full-attention layers) so the method's state can live on it.
         cache = DynamicCache()
         kwargs[cache_key] = cache
     past = cache.get_seq_length() if cache is not None else 0
     if cache is None:
-        state = {"persist": False}
-    else:
-        state = cache.__dict__.setdefault("_harness_state", {})
-        if past == 0:  # a new sequence in a reused cache object
-            state.clear()
-        state["persist"] = True
+        return {"persist": False}, past, inputs
+    state = cache.__dict__.setdefault("_harness_state", {})
+    if past == 0:  # a new sequence in a reused cache object
+        state.clear()
+    state["persist"] = True
+    return state, past, inputs
+
+
+def _forward_pre_hook(decoder: nn.Module, args: tuple, kwargs: dict):
+    """Give the attached method per-sequence state before each decoder forward."""
+    method: WeaveMethod = decoder.harness_method
+    state, past, inputs = sequence_state(decoder, method, args, kwargs)
     method.begin_forward(state, past_length=past, new_length=inputs.shape[1])
     return args, kwargs
 

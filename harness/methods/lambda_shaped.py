@@ -9,6 +9,10 @@ The band runs on :func:`~harness.methods.attention.trailing_band_attention_with_
 keys on :func:`~harness.methods.attention.global_keys_attention_with_lse`, merged by their LSE:
 O(L * (band + global_count)) work and no L x L tensor. The rule depends only on (t, j), so cached
 decoding is exact.
+
+On an ALiBi model (harness.methods.alibi) the same mask is the bias's visibility and the same
+distances are fed to it: d = t - j in the band, :meth:`LambdaShapedMethod.global_distances` for
+the first keys outside it (:meth:`LambdaShapedMethod.alibi_distances`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from harness.methods.attention import global_keys_attention_with_lse, merge_by_lse, trailing_band_attention_with_lse
+from harness.methods.alibi import pair_distances
 from harness.methods.base import WeaveMethod
 
 
@@ -33,6 +38,21 @@ class LambdaShapedMethod(WeaveMethod):
         keys (B, KVH, S, D: un-rotated ``key``, or ``true_key`` rotated to their true positions)
         rotated so that each pair is at the method's distance for the keys outside the band."""
         raise NotImplementedError
+
+    def global_distances(self, distance: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """ALiBi: the distances (Lq, K) the rule gives the first keys outside the band, from the
+        true ones ``distance`` (Lq, K) = t - j of the queries at ``query_index`` (Lq,) (the same
+        as :meth:`global_rule`'s rotations give on RoPE)."""
+        raise NotImplementedError
+
+    def alibi_distances(self, query_index, key_count):
+        """Visible: keys in the band (0 <= t - j < ``band``) at their true distance, and the first
+        ``global_count`` keys outside it at :meth:`global_distances`; every other key invisible."""
+        distance, key_index = pair_distances(query_index, key_count)
+        near = (distance >= 0) & (distance < self.band)
+        first = (distance >= self.band) & (key_index < self.global_count)[None, :]
+        far = self.global_distances(distance, query_index)
+        return torch.where(near, distance, far).to(torch.float32), near | first
 
     def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
         """Rotated q/k, the queries rotated for the first keys, the band's blocked copies of

@@ -25,6 +25,15 @@ Where this follows the released code (Glaciohound/LM-Infinite, ``models/llama.py
 
 Prefill cost is O(L * (n_global + n_local)): the attention is Lambda-shaped
 (harness.methods.lambda_shaped).
+
+On an ALiBi model (MPT) the Lambda mask is the bias's visibility and the global branch's
+distance is min(d, ``distance_limit``) (= the limit: d >= n_local >= limit), local pairs at d:
+the paper's rule, fed to the bias as the released code's MPT path (``models/mpt_7b.py``) does.
+That code adds the stock ALiBi bias to the Lambda mask's local branch and, to its global branch,
+a slice of the stock bias at the limit distance, laid out for its blocked kernel; its dense
+fallback (no Lambda mask) caps the bias of every pair at least the limit apart instead, which
+agrees with this when the limit equals n_local (the default). The code marks its path "not
+validated for generation"; here cached decoding is exact, as on RoPE.
 """
 
 from __future__ import annotations
@@ -70,6 +79,10 @@ class LMInfinite(LambdaShapedMethod):
     @property
     def global_count(self) -> int:
         return self.n_global
+
+    def global_distances(self, distance, query_index):
+        """ALiBi: the distance capped at the limit."""
+        return distance.clamp(max=self.distance_limit)
 
     def global_rule(self, query, query_index, key, true_key):
         """Un-rotated keys and the query rotated to the distance limit (the code's "stationary" pair)."""

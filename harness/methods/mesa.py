@@ -19,6 +19,24 @@ beyond, with a constant N (``stair_position``), plus the paper's DynamicSplit (A
 
 Decoding attends over the whole un-rotated cache with Stair PE recomputed for the new length;
 the woven keys are kept between steps and only re-woven when the stair moves (every C tokens).
+
+ALiBi models (MPT; harness.methods.alibi). The released code is LLaMA-only and the paper, which
+reports MPT-7B results, does not say how Mesa was applied to ALiBi; this is inferred from the
+method's idea (keep every distance the model sees inside the trained range) by feeding the bias
+exactly the distances the RoPE path gives each pair (:meth:`Mesa.alibi_distances`):
+  * a chunked prefill keeps its chunk-triangular visibility: the first chunk causal at d = t - j;
+    a middle chunk starting at c sees the first chunk's keys at F + (t - c) - j (as if placed
+    right after the first chunk) and its own earlier keys at t - j, nothing else; the last chunk
+    sees every earlier key at its Stair distance, woven(t) - woven(j);
+  * an unchunked prefill, a continuation and every decoding step see all earlier keys at their
+    Stair distances for the current key count (the prompt's chunk width C), as on RoPE;
+  * ``variant="paper"`` uses Eq. 3's W(d) per pair instead of woven positions past T;
+  * log-n scales the queries that use Stair PE (last chunk, decoding), as on RoPE.
+Why the same distances: ALiBi's bias is a function of the distance only, so a rule that gives
+each pair a distance transfers unchanged, and what Mesa keeps inside the trained range (every
+distance a first or middle chunk sees is below F + C < T; the Stair compresses the rest) is the
+same. The bias is (H, L, L): the prefill's cost is MPT's eager attention's, not the linear cost of
+the chunked RoPE path.
 """
 
 from __future__ import annotations
@@ -37,7 +55,9 @@ from harness.methods.attention import (
     grouped_sdpa,
     merge_by_lse,
 )
+from harness.methods.alibi import pair_distances
 from harness.methods.base import WeaveMethod
+from harness.methods.rope import logn_scale
 
 VARIANTS = ("code", "paper")
 
@@ -179,6 +199,49 @@ class Mesa(WeaveMethod):
         super().begin_forward(state, past_length, new_length)
         if past_length == 0 or "plan" not in state:
             state["plan"] = self.plan(past_length + new_length)
+
+    # -- ALiBi (module docstring) -----------------------------------------------------------------
+    def _alibi_triangle(self, query_count: int, key_count: int) -> ChunkPlan | None:
+        """The chunk plan when this forward is a chunked prefill (its queries are all the keys), else None."""
+        plan: ChunkPlan = self.state["plan"]
+        return plan if query_count == key_count and plan.last_start > 0 else None
+
+    def alibi_distances(self, query_index, key_count):
+        """Stair distances over every earlier key; in a chunked prefill, the first and middle
+        chunks' queries see the first chunk plus their own chunk, the middle ones as if placed
+        right after the first chunk (module docstring)."""
+        plan: ChunkPlan = self.state["plan"]
+        distance, key_index = pair_distances(query_index, key_count)
+        visible = distance >= 0
+        if self.variant == "paper" and key_count > self.train_length:
+            n, e = self.stair_position, self.stair_width
+            stair = torch.where(distance <= n, distance, n + torch.div(distance - n + e - 1, e, rounding_mode="floor"))
+        else:
+            woven = stair_positions(key_count, plan.chunk_width, self.stair_width, self.train_length,
+                                    device=query_index.device)
+            stair = woven[query_index][:, None] - woven[None, :]
+        triangle = self._alibi_triangle(query_index.shape[0], key_count)
+        if triangle is None:
+            return stair.to(torch.float32), visible
+        f, width = triangle.first_end, triangle.chunk_width
+        # A middle chunk query's shift: its chunk starts at F + shift (0 in the first chunk).
+        shift = torch.where(query_index >= f, torch.div(query_index - f, width, rounding_mode="floor") * width, 0)
+        in_first = (key_index < f)[None, :]
+        chunk_distance = torch.where(in_first, distance - shift[:, None], distance)
+        chunk_visible = visible & (in_first | (key_index[None, :] >= f + shift[:, None]))
+        in_triangle = (query_index < triangle.last_start)[:, None]
+        return (torch.where(in_triangle, chunk_distance, stair).to(torch.float32),
+                torch.where(in_triangle, chunk_visible, visible))
+
+    def alibi_query_scale(self, query_index, key_count):
+        """log-n for the queries that use Stair PE (not the first and middle chunks' queries)."""
+        if not self.logn or key_count <= self.train_length:
+            return None
+        factor = logn_scale(query_index + 1, self.train_length)
+        triangle = self._alibi_triangle(query_index.shape[0], key_count)
+        if triangle is not None:
+            factor = torch.where((query_index < triangle.last_start)[:, None], 1.0, factor)
+        return factor
 
     # ------------------------------------------------------------------------------------------
     def attend(self, layer_idx, query, key, value, scaling):

@@ -9,10 +9,11 @@ The class states, once:
   ``train_length``. ``conf/method/<name>.yaml`` lists the same keys with the same values (and
   ``_target_``, the class); a config key the class does not take is refused with one line;
 * what plan mode needs to estimate its memory: ``decode_key_copies`` and
-  :meth:`prefill_attention_bytes`;
+  :meth:`prefill_attention_bytes` (:meth:`alibi_prefill_attention_bytes` on ALiBi models);
 * what it supports: ``rope_kinds`` (how positions reach attention, per harness.architectures),
   ``sliding_window``, ``cached_decoding``;
-* how it changes a model: :meth:`attach`.
+* how it changes a model: :meth:`attach`; on ALiBi models (``"alibi"`` in ``rope_kinds``), its
+  rule as a distance and a visibility per pair, :meth:`alibi_distances` (harness.methods.alibi).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from harness.architectures import architecture_of, model_type_of, rope_kind
@@ -97,6 +99,29 @@ class Method(ABC):
                 f"method {self.name!r} cannot be applied to model type {model_type!r}, whose positions are {kind!r}; "
                 f"it supports: {', '.join(self.rope_kinds)}"
             )
+
+    def alibi_prefill_attention_bytes(self, shape, length: int, dtype_bytes: int) -> int:
+        """:meth:`prefill_attention_bytes` on an ALiBi model: MPT's own eager attention with this
+        method's bias, (H, L, L) float32 (harness.methods.alibi.eager_alibi_attention_bytes)."""
+        from harness.methods.alibi import eager_alibi_attention_bytes
+
+        return eager_alibi_attention_bytes(shape.heads, length, dtype_bytes, bias_rows=length)
+
+    def alibi_distances(self, query_index: torch.Tensor, key_count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """On an ALiBi model: the distance W(t, j) this method feeds the bias -m_h * W of query t
+        and key j, and which keys each query sees (harness.methods.alibi).
+
+        ``query_index`` (Lq,) int64: the true indices of this forward's queries, the last Lq of
+        the ``key_count`` keys (K). Returns distance (Lq, K) float32, or (1, K) when it is the same
+        for every query up to a per-query constant (which softmax ignores); and visible (Lq, K)
+        bool, causal included, the diagonal always True, or None for plain causal attention (the
+        model's own mask). Called once per forward, not per layer."""
+        raise NotImplementedError(f"method {self.name!r} has no ALiBi rule")
+
+    def alibi_query_scale(self, query_index: torch.Tensor, key_count: int) -> torch.Tensor | None:
+        """On an ALiBi model: a factor (Lq, 1) float32 multiplying the queries at ``query_index``
+        (log-n scaling), or None for none."""
+        return None
 
     def check_model(self, model: nn.Module) -> nn.Module:
         """Refuse, with a clear message, a model this method cannot handle. Returns the decoder stack."""

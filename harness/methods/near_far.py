@@ -11,6 +11,10 @@ top-left causal attention of queries window.. over keys ..L-window and so runs o
 fused kernel. Cached steps (decoding) use the banded two-rule kernel, keeping the rotated keys of
 both rules between steps. Both rules depend only on (t, j) and the sequence length, so cached
 decoding is exact whenever the far rule does not depend on the length.
+
+On an ALiBi model (harness.methods.alibi) the same two rules give the distance fed to the bias:
+W(t, j) = t - j near the diagonal and ``far_query_positions(t) - far_key_positions(j)`` beyond
+(:meth:`NearFarMethod.alibi_distances`), every earlier key visible, log-n scaling as on RoPE.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from harness.methods.attention import (
     banded_two_rule_attention,
     merge_by_lse,
 )
+from harness.methods.alibi import pair_distances
 from harness.methods.base import WeaveMethod
+from harness.methods.rope import logn_scale
 
 
 class NearFarMethod(WeaveMethod):
@@ -52,6 +58,22 @@ class NearFarMethod(WeaveMethod):
         kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
         fused = 5 * length * per_token + (2 + self.decode_key_copies) * length * kv_per_token
         return fused + (2 * self.block_bytes if attn_implementation == "eager" else 0)
+
+    def alibi_distances(self, query_index, key_count):
+        """The RoPE rule's distance per pair: d = t - j for d < ``window``, else the far pair's
+        ``far_query_positions(t) - far_key_positions(j)`` (an un-rotated key: 0); causal.
+        ReRoPE: min(d, w); Leaky-ReRoPE: w + (d - w) / k beyond w; Self-Extend: the grouped distance."""
+        distance, key_index = pair_distances(query_index, key_count)
+        far_query = self.far_query_positions(query_index, key_count)
+        far_key, _ = self.far_key_positions(key_index, key_count)
+        far = far_query[:, None] - (0 if far_key is None else far_key[None, :])
+        return torch.where(distance < self.window, distance, far).to(torch.float32), distance >= 0
+
+    def alibi_query_scale(self, query_index, key_count):
+        """log-n (as on RoPE), exactly 1 up to the training length."""
+        if not self.logn or key_count <= self.train_length:
+            return None
+        return logn_scale(query_index + 1, self.train_length)
 
     def attend(self, layer_idx, query, key, value, scaling):
         lq, lk = query.shape[2], key.shape[2]

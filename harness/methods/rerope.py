@@ -11,6 +11,14 @@ Far pairs are computed by rotating the query to w + (t - w) / k and the key to j
 pairs use ordinary RoPE. The reference materialises both full L x L score matrices; here the
 near band and the far part are two attentions merged by their log-sum-exp
 (harness.methods.near_far).
+
+ALiBi models (MPT; harness.methods.alibi): the bias gets the same W, -m_h * min(d, w) (ReRoPE)
+or -m_h * (w + (d - w) / k) beyond w (Leaky-ReRoPE; ``auto``: k from the current key count), every
+earlier key visible, log-n query scaling as on RoPE. Inferred: the reference code is for RoPE
+models only. Both methods are defined as a map from the true distance to the one the model sees,
+and ALiBi's bias is a function of that distance alone, so the map transfers unchanged; with
+ALiBi, ReRoPE's clip also stops the bias from growing past -m_h * w, so far keys are no longer
+suppressed by distance (ALiBi's own way of extrapolating, which Origin keeps).
 """
 
 from __future__ import annotations

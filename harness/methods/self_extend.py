@@ -27,6 +27,12 @@ than the paper text:
 
 The neighbour band and the grouped part are two attentions merged by their log-sum-exp, as for
 ReRoPE (harness.methods.near_far): O(L * window) + one fused causal attention, no L x L tensor.
+
+ALiBi models (MPT; harness.methods.alibi): the bias gets the same distances, t - j inside the
+window and floor(t / G) + window - floor(window / G) - floor(j / G) beyond, every earlier key
+visible. Inferred: the released code patches RoPE models only. Its grouped attention is defined
+by positions (the difference of the query's and key's grouped positions), and ALiBi's bias
+depends on that difference alone, so the same distances are fed to it.
 """
 
 from __future__ import annotations

@@ -31,6 +31,12 @@ Where this follows the code rather than the paper text, and choices the paper le
     compute per token is bounded, the memory is Origin's.
 
 Prefill cost is O(L * (S + R)): the attention is Lambda-shaped (harness.methods.lambda_shaped).
+
+On an ALiBi model (MPT) the same keys are visible and the bias gets the distance between cache
+slots, min(t, S + R - 1) - s for a sink s outside the window and t - j for a recent key, which is
+what the released code does on MPT: its ``enable_streaming_llm`` gives MPT only the evicting
+cache (no position shift), and MPT's ALiBi, built over the cache's length, then measures distances
+between slots, with the query at the last one.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ class StreamingLLM(LambdaShapedMethod):
     @property
     def global_count(self) -> int:
         return self.sink
+
+    def global_distances(self, distance, query_index):
+        """ALiBi: min(t, S + R - 1) - s, the query at its cache slot, each sink at its own."""
+        return distance - (query_index - query_index.clamp(max=self.sink + self.window - 1))[:, None]
 
     def global_rule(self, query, query_index, key, true_key):
         """Sinks keep their true positions (0..S-1); the query moves to its cache slot."""
