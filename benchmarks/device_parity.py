@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def build(model_name: str, method: str, implementation: str, device: str):
+def build(model_name: str, method: str, implementation: str, device: str, overrides=(), weights_from=None):
     """The model and method as ``python -m harness model=... method=...`` composes them (per-model
-    method settings from conf/model_method/ included)."""
+    method settings from conf/model_method/ included). ``weights_from``: a model whose weights are
+    copied in first, because a seeded random init draws other numbers on another device."""
     from hydra import compose, initialize_config_dir
 
     from harness.job import method_settings
@@ -36,8 +37,10 @@ def build(model_name: str, method: str, implementation: str, device: str):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model_name}", f"method={method}",
-                                           f"model.attn_implementation={implementation}"])
+                                           f"model.attn_implementation={implementation}", *overrides])
     loaded = load_model(cfg.model, device=device, dtype="float32")
+    if weights_from is not None:
+        loaded.model.load_state_dict(weights_from.state_dict())
     name, params = method_settings(cfg.method)
     return apply_method(loaded.model, name, **params)
 
@@ -73,6 +76,8 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--implementations", nargs="+", default=["sdpa", "eager"])
     parser.add_argument("--atol", type=float, default=1e-3)
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="config overrides, e.g. model.random_weights=true model.architecture.n_layers=2")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu-h100" / "parity.csv")
     args = parser.parse_args()
 
@@ -80,17 +85,30 @@ def main() -> int:
 
     ids = torch.randint(0, 256, (1, args.length), generator=torch.Generator().manual_seed(0))
     rows, failed = [], False
+    columns = ["model", "method", "attn_implementation", "device", "length", "step", "status", "max_abs_diff",
+               "max_abs_logit", "message", "torch"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every method, so a run cut off by a time limit keeps its rows
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
     for method in args.methods:
         for implementation in args.implementations:
             base = dict(model=args.model, method=method, attn_implementation=implementation, device=args.device,
                         length=args.length, torch=torch.__version__)
             try:
-                expected, tokens = run(build(args.model, method, implementation, "cpu"), ids, args.decode_steps)
-                got, _ = run(build(args.model, method, implementation, args.device), ids, args.decode_steps, tokens)
+                reference = build(args.model, method, implementation, "cpu", args.override)
+                expected, tokens = run(reference, ids, args.decode_steps)
+                on_device = build(args.model, method, implementation, args.device, args.override, weights_from=reference)
+                got, _ = run(on_device, ids, args.decode_steps, tokens)
             except Exception as error:  # noqa: BLE001 - report every method, then fail
                 traceback.print_exc()
                 rows.append(dict(base, step="prefill", status="error", message=str(error).splitlines()[0][:200]))
                 failed = True
+                save()
                 continue
             for step, (g, e) in enumerate(zip(got, expected)):
                 diff = float((g - e).abs().max())
@@ -100,13 +118,7 @@ def main() -> int:
                                  max_abs_diff=diff, max_abs_logit=float(e.abs().max())))
             worst = max(r.get("max_abs_diff", 0.0) for r in rows[-len(got):])
             print(f"{method:>13} {implementation:>5}: max |logits({args.device}) - logits(cpu)| = {worst:.2e}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["model", "method", "attn_implementation", "device", "length", "step", "status", "max_abs_diff",
-               "max_abs_logit", "message", "torch"]
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+            save()
     print(f"{'FAILED' if failed else 'ok'}: {len(rows)} rows -> {args.out}")
     return 1 if failed else 0
 
