@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from harness.devices import check_device
+from harness.devices import check_device, check_device_name
 from harness.errors import HarnessError
 from harness.results import config_hash
 
@@ -56,17 +56,18 @@ def task_class(task_cfg: DictConfig):
     return get_class(target) if target else Task
 
 
-def check_job(cfg: DictConfig) -> tuple[list[int], int]:
+def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     """Everything about a job that can be checked without loading anything: (lengths, samples).
 
     ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work. A task
-    that evaluates whole lengths has no ``samples`` (0 here): it decides them itself."""
+    that evaluates whole lengths has no ``samples`` (0 here): it decides them itself. ``plan``: only
+    the device's name is checked, not that this machine has it (a GPU sweep is planned anywhere)."""
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise HarnessError(f"seed must be an integer, got {seed!r}")
     if cfg.get("dtype") not in DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
-    check_device(cfg.device)
+    check_device_name(cfg.device) if plan else check_device(cfg.device)
     lengths = check_lengths(cfg.task.get("lengths"))
     cls = task_class(cfg.task)
     samples = 0

@@ -54,11 +54,22 @@ def test_check_device():
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", "gpu"])
-def test_run_and_plan_refuse_a_device_this_machine_lacks(tmp_path, monkeypatch, device):
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_run_refuses_a_device_this_machine_lacks_and_plan_plans_for_it(tmp_path, monkeypatch, device):
+    """A sweep for GPUs is planned where it is prepared (a cluster's login node has no CUDA)."""
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    with pytest.raises(HarnessError, match=f"device={device!r}"):
+        run_job(config(tmp_path, "method=origin", f"device={device}"))
+    assert not list(tmp_path.iterdir())
+    plan = plan_job(config(tmp_path, "method=origin", f"device={device}"))
+    assert plan.to_run == 4 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:3"])
+def test_run_and_plan_refuse_a_device_name_that_is_no_device(tmp_path, monkeypatch, device):
     monkeypatch.setattr("harness.models.load_model", no_model)
     for job in (run_job, plan_job):
-        with pytest.raises(HarnessError, match=f"device={device!r}"):
+        with pytest.raises(HarnessError, match=f"device={device!r} is not a device"):
             job(config(tmp_path, "method=origin", f"device={device}"))
     assert not list(tmp_path.iterdir())
 
@@ -155,12 +166,13 @@ def test_unknown_keys_are_one_line():
     (["method=mesaa"], "error: unknown method 'mesaa'; choose from: "),
     (["task=nosuch"], "error: unknown task 'nosuch'; choose from: "),
     (["-m", "model=tiny-random,nosuch"], "error: unknown model 'nosuch'; choose from: "),
-    (["plan=true", "device=cuda"] if NO_CUDA else ["plan=true", "device=cuda:99"], "error: device='cuda"),
+    (["device=cuda"] if NO_CUDA else ["device=cuda:99"], "error: device='cuda"),
+    (["plan=true", "device=cuda:x"], "error: device='cuda:x' is not a device"),
     (["device=gpu"], "error: device='gpu' is not a device"),
     (["seed=abc"], "error: seed must be an integer"),
     (["task.lengths=[]"], "error: task.lengths is empty"),
     (["task.nosuch=1"], "error: task.nosuch is not a setting here"),
-], ids=["method", "task", "model-in-sweep", "plan-cuda", "gpu", "seed", "no-lengths", "unknown-key"])
+], ids=["method", "task", "model-in-sweep", "cuda", "plan-typo", "gpu", "seed", "no-lengths", "unknown-key"])
 def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
