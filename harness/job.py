@@ -68,6 +68,8 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     if cfg.get("dtype") not in DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
     check_device_name(cfg.device) if plan else check_device(cfg.device)
+    if not isinstance(cfg.get("retry_failed", False), bool):
+        raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
     cls = task_class(cfg.task)
     samples = 0
