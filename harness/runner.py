@@ -123,6 +123,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
     if task.needs_tokenizer and loaded.tokenizer is None:
         raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
+    task.check_model(model)  # e.g. a layer the model does not have: one line, before any compute
     for length in sorted({length for length, _ in todo} if not whole_length else ()):  # checked before any compute
         try:
             task.build_input(length, 0)

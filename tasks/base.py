@@ -163,6 +163,11 @@ class Task:
         if params:
             raise ValueError(f"unknown parameter(s) for task {self.name!r}: {', '.join(sorted(params))}")
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse, as one line (a HarnessError), settings that do not fit the loaded model (e.g. a
+        layer it does not have). The runner calls it once, after the method is applied and before
+        any sample is computed."""
+
     def build_input(self, length: int, index: int) -> TaskInput:
         raise NotImplementedError
 
