@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from harness.errors import HarnessError
-from tasks.base import Figure, Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, check_integer, greedy_generate
 from tasks.prompts import format_prompt
 
 # LongBench's gov_report prompt (dataset2prompt.json); the report goes where REPORT stands.
@@ -57,6 +57,10 @@ class GovReportTask(Task):
     def generated_tokens(cls, params: dict) -> int:
         return int(params["max_new_tokens"])
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        check_integer(params, "max_new_tokens")  # the summary is generated: at least one token
+
     def __init__(self, *args, dataset: dict, max_new_tokens: int = 512, **kwargs):
         super().__init__(*args, **kwargs)
         self.dataset = dict(dataset or {})
@@ -64,9 +68,8 @@ class GovReportTask(Task):
         if unknown or not self.dataset.get("path"):
             raise HarnessError(f"task.dataset needs a path and accepts {', '.join(sorted(DATASET_KEYS))}; "
                                f"got {', '.join(sorted(self.dataset)) or 'nothing'}")
+        self.check_params(dict(max_new_tokens=max_new_tokens))
         self.max_new_tokens = int(max_new_tokens)
-        if self.max_new_tokens <= 0:
-            raise HarnessError(f"task.max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         self._docs: list[tuple[str, list[int], str]] = []  # (doc_id, report token ids, reference summary)
         self._source: Iterator[tuple[str, str, str]] | None = None
 

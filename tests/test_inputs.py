@@ -103,6 +103,25 @@ def test_bad_job_settings_are_refused_by_run_and_plan(tmp_path, monkeypatch, ove
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("task,override,match", [
+    ("speed", "task.repeats=0", r"^task.repeats must be a positive integer, got 0$"),
+    ("speed", "task.repeats=1.5", r"^task.repeats must be a positive integer, got 1.5$"),
+    ("speed", "task.decode_steps=-1", r"^task.decode_steps must be an integer >= 0, got -1$"),
+    ("speed", "task.warmup_tokens=0", r"^task.warmup_tokens must be a positive integer"),
+    ("passkey", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer, got 0$"),
+    ("longeval", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer"),
+    ("govreport", "task.max_new_tokens=-2", r"^task.max_new_tokens must be a positive integer"),
+])
+def test_bad_task_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch, task, override, match):
+    """They used to be a failed row per sample (repeats=0: an UnboundLocalError; max_new_tokens=0),
+    or rows of NaN (decode_steps=-1)."""
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    for job in (run_job, plan_job):
+        with pytest.raises(HarnessError, match=match):
+            job(config(tmp_path, "method=origin", override, task=task))
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_length_the_task_cannot_build_leaves_no_folders(tmp_path):
     with pytest.raises(HarnessError, match="cannot build length 20"):
         run_job(config(tmp_path / "results", "method=origin", "task.lengths=[300,20]"))
@@ -172,7 +191,9 @@ def test_unknown_keys_are_one_line():
     (["seed=abc"], "error: seed must be an integer"),
     (["task.lengths=[]"], "error: task.lengths is empty"),
     (["task.nosuch=1"], "error: task.nosuch is not a setting here"),
-], ids=["method", "task", "model-in-sweep", "cuda", "plan-typo", "gpu", "seed", "no-lengths", "unknown-key"])
+    (["task=speed", "task.repeats=0"], "error: task.repeats must be a positive integer, got 0"),
+], ids=["method", "task", "model-in-sweep", "cuda", "plan-typo", "gpu", "seed", "no-lengths", "unknown-key",
+        "speed-repeats"])
 def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
