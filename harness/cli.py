@@ -64,8 +64,35 @@ def _hydra_main(cfg: DictConfig) -> dict:
     return result
 
 
+def results_dir_message(argv: list[str]) -> str | None:
+    """The one-line error for ``results_dir=null`` or ``results_dir=`` on the command line, else None.
+    Checked before Hydra starts: a sweep's folder (``${results_dir}/multirun/...``) is made before any job runs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.job import check_results_dir
+
+    for arg in argv:
+        if arg.lstrip("+").partition("=")[0] != "results_dir":
+            continue
+        try:
+            override = OverridesParser.create().parse_overrides([arg])[0]
+            values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:  # noqa: BLE001 - bad syntax: Hydra's own message says what is wrong
+            return None
+        for value in values:
+            try:
+                check_results_dir(value)
+            except HarnessError as error:
+                return f"error: {error}"
+    return None
+
+
 def main() -> None:
     check_choices()  # an unknown model/method/task/experiment: one line naming the choices, exit 2
+    message = results_dir_message(sys.argv[1:])  # results_dir=null or empty: one line, exit 2
+    if message:
+        print(message, file=sys.stderr)
+        sys.exit(2)
     check_launcher_plugins()  # a launcher plugin that is not installed: one line, exit 2
     check_keys()  # a key the config does not have (task.nosuch=1): one line, exit 2
     import transformers

@@ -68,6 +68,7 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     if cfg.get("dtype") not in DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
     check_device_name(cfg.device) if plan else check_device(cfg.device)
+    check_results_dir(cfg.get("results_dir"))
     if not isinstance(cfg.get("retry_failed", False), bool):
         raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
@@ -81,6 +82,15 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     return lengths, samples
 
 
+def check_results_dir(value) -> str:
+    """``results_dir`` as a folder name: null used to write into ``./None/``, and an empty value
+    into the current directory itself (or, for a sweep's folder, ``/multirun`` at the filesystem's root)."""
+    if value is None or not isinstance(value, (str, Path)) or not str(value).strip():
+        got = "null" if value is None else "an empty value" if isinstance(value, str) else repr(value)
+        raise HarnessError(f"results_dir must be a folder, e.g. results_dir=results (the default); got {got}")
+    return str(value)
+
+
 def original_cwd() -> Path:
     """Where the command was started: Hydra's original working directory, else the current one."""
     from hydra.core.hydra_config import HydraConfig
@@ -92,7 +102,7 @@ def original_cwd() -> Path:
 
 def results_root(cfg: DictConfig) -> Path:
     """``results_dir`` as an absolute path; a relative one is relative to where the command was started."""
-    root = Path(str(cfg.results_dir)).expanduser()
+    root = Path(check_results_dir(cfg.get("results_dir"))).expanduser()
     return (root if root.is_absolute() else original_cwd() / root).absolute()
 
 

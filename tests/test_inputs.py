@@ -122,6 +122,26 @@ def test_bad_task_parameters_are_refused_before_anything_runs(tmp_path, monkeypa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("value,got", [("null", "got null"), ("''", "got an empty value"), ("' '", "got an empty value")])
+def test_results_dir_must_name_a_folder(tmp_path, monkeypatch, value, got):
+    """null used to write ./None/runs/..., and an empty value ./runs/..."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    for job in (run_job, plan_job):
+        with pytest.raises(HarnessError, match=f"^results_dir must be a folder, e.g. results_dir=results .*; {got}$"):
+            job(config(tmp_path, "method=origin", f"results_dir={value}"))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["results_dir=null"], ["results_dir="], ["-m", "method=origin,mesa", "results_dir=null"],
+                                  ["-m", "results_dir=res,null"]], ids=["null", "empty", "sweep-null", "swept-null"])
+def test_results_dir_null_or_empty_on_the_command_line(tmp_path, args):
+    done = harness_cli("model=tiny-random", "task.samples=1", "task.lengths=300", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: results_dir must be a folder") and len(done.stderr.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_length_the_task_cannot_build_leaves_no_folders(tmp_path):
     with pytest.raises(HarnessError, match="cannot build length 20"):
         run_job(config(tmp_path / "results", "method=origin", "task.lengths=[300,20]"))
