@@ -88,6 +88,23 @@ def test_figures_are_written_next_to_their_rows(tmp_path):
     assert "from `../all.csv`" in (rows / "figures" / "index.md").read_text()
 
 
+def test_a_results_directory_is_accepted_as_collect_and_compare_accept_it(tmp_path):
+    """``--results <dir>`` used to say that an existing results directory "does not exist"."""
+    job = tmp_path / "res" / "runs" / "passkey" / "smollm2-135m"
+    job.mkdir(parents=True)
+    table(tasks=("passkey",), models=("smollm2-135m",)).to_csv(job / "origin-0123456789.csv", index=False)
+    assert plots_main(["--results", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "res" / "figures" / "passkey_accuracy.png").is_file()
+
+
+def test_help_names_the_command(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit:
+        plots_main(["--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m plots ")
+
+
 def test_wilson_interval():
     from plots.figures import wilson
 
