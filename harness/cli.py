@@ -3,6 +3,8 @@
 Errors the user can fix are printed as one line. A single run exits non-zero when its input is
 bad (2) or when samples failed (1); in a multirun a bad or crashing job is reported (with its
 traceback) and the sweep goes on, and the summary callback (harness.callbacks) sets the exit status at the end.
+Hydra's own refusals of the command line (an override it cannot parse) are bad input too (2), and
+Ctrl-C is one line and exit status 130 (the shell's for SIGINT): rows written so far are kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from harness import REPO_ROOT
 from harness.choices import check_choices, check_keys
@@ -46,10 +49,11 @@ def _hydra_main(cfg: DictConfig) -> dict:
             print(format_plan(plan), flush=True)
             return {"job": job, "planned": plan.to_run, "done": plan.done, "tokens": plan.tokens_to_run}
         summary = run_job(cfg)
-    except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+    except (HarnessError, OmegaConfBaseException) as error:  # OmegaConf's: e.g. model.x=${nosuch} on the command line
+        message = str(error) if isinstance(error, HarnessError) else _config_error(error)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         if _is_multirun():
-            return {"job": job, "invalid": str(error)}
+            return {"job": job, "invalid": message}
         sys.exit(2)
     except Exception as error:  # a bug or an unexpected failure: in a sweep, report it and go on
         if not _is_multirun():
@@ -62,6 +66,13 @@ def _hydra_main(cfg: DictConfig) -> dict:
     if summary.failed and not _is_multirun():
         sys.exit(1)
     return result
+
+
+def _config_error(error: OmegaConfBaseException) -> str:
+    """OmegaConf's several-line message as one line: what is wrong, and the key."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+    return f"config: {lines[0] if lines else type(error).__name__}" + (f" ({key})" if key and key not in lines[0] else "")
 
 
 def results_dir_message(argv: list[str]) -> str | None:
@@ -87,7 +98,7 @@ def results_dir_message(argv: list[str]) -> str | None:
     return None
 
 
-def main() -> None:
+def _main() -> None:
     check_choices()  # an unknown model/method/task/experiment: one line naming the choices, exit 2
     message = results_dir_message(sys.argv[1:])  # results_dir=null or empty: one line, exit 2
     if message:
@@ -100,4 +111,19 @@ def main() -> None:
     # generate() warns on every prompt longer than the model's max_position_embeddings, which is
     # the point of this harness; keep transformers to errors only.
     transformers.logging.set_verbosity_error()
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as stop:
+        from harness import callbacks
+
+        if stop.code == 1 and not callbacks.started:  # Hydra refused the command line (it said why): bad input
+            sys.exit(2)
+        raise
+
+
+def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print("interrupted: the rows written so far are kept; rerun the same command to go on", file=sys.stderr)
+        sys.exit(130)

@@ -136,18 +136,19 @@ def run_job(cfg: DictConfig) -> JobSummary:
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)
-        bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="length" if whole_length else "sample",
-                   dynamic_ncols=True)
-        for length, index in bar:
-            bar.set_postfix(length=length)
-            with results.claim(length, index, retry_failed=retry) as state:
-                if state != "mine":
-                    summary.counts[state] += 1  # another process computes it / wrote it since this job started
-                elif whole_length:
-                    for status in _run_length(cfg, task, model, results, provenance, length):
-                        summary.counts[status] += 1
-                else:
-                    summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
+        # closed on any way out (Ctrl-C too), so what is printed next starts on a line of its own
+        with tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", dynamic_ncols=True,
+                  unit="length" if whole_length else "sample") as bar:
+            for length, index in bar:
+                bar.set_postfix(length=length)
+                with results.claim(length, index, retry_failed=retry) as state:
+                    if state != "mine":
+                        summary.counts[state] += 1  # another process computes it / wrote it since this job started
+                    elif whole_length:
+                        for status in _run_length(cfg, task, model, results, provenance, length):
+                            summary.counts[status] += 1
+                    else:
+                        summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
     return summary
 
 

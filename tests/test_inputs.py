@@ -221,6 +221,21 @@ def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     assert not list(tmp_path.iterdir())  # no results folder, no Hydra outputs/ or multirun/
 
 
+@pytest.mark.parametrize("args", [["task.lengths=[1,"], ["hydra/launcher=nosuch"], ["-m", "method=origin", "task.lengths=[1,"],
+                                  ["hydra.job.chdir=maybe"]], ids=["unparsable", "no-launcher", "sweep", "bad-hydra-value"])
+def test_what_hydra_itself_refuses_is_bad_input_too(tmp_path, args):
+    """Hydra says why (several lines) and used to exit with 1, the status of a failed sample."""
+    done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_config_value_that_cannot_be_resolved_is_one_line(tmp_path):
+    done = harness_cli("model=tiny-random", "model.train_length=${nosuch}", "plan=true", "results_dir=res", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == "error: config: Interpolation key 'nosuch' not found (model.train_length)\n"
+
+
 def test_a_sweep_where_every_job_is_refused_exits_2_and_leaves_nothing(tmp_path):
     done = harness_cli("-m", "model=tiny-random", "method=origin,mesa", "task.lengths=[5]", "results_dir=res",
                        cwd=tmp_path)
