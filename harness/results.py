@@ -125,6 +125,11 @@ class ResultsFile:
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]
         if missing or (len(frame) and not frame["status"].isin(STATUSES).all()):
             raise _corrupted(self.path, "unexpected columns or status")
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas takes a first field the header lacks as an index
+            raise _corrupted(self.path, "rows with more fields than the header")
+        foreign = _foreign_columns(frame)
+        if foreign:
+            raise _corrupted(self.path, f"a column the harness does not write: {', '.join(foreign)}")
         for column, lowest in (("length", 0), ("sample", -1)):  # sample -1: a row about a whole length
             values = pd.to_numeric(frame[column], errors="coerce")
             if values.isna().any() or (values != values.round()).any() or (values < lowest).any():
@@ -258,6 +263,20 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise _not_writable(folder, error) from None
+
+
+def _foreign_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns that are neither common ones nor those of the file's task (a task without a class in
+    this checkout, e.g. from another branch, is not judged)."""
+    from tasks import TASKS
+
+    if "task" not in frame.columns or frame.empty:
+        return []
+    classes = [TASKS.get(name) for name in frame["task"].dropna().unique()]
+    if not classes or None in classes:
+        return []
+    return [column for column in frame.columns
+            if column not in COMMON_COLUMNS and not any(cls.writes_column(column) for cls in classes)]
 
 
 def _corrupted(path: Path, reason: str) -> HarnessError:

@@ -136,6 +136,12 @@ class Task:
         return []
 
     @classmethod
+    def writes_column(cls, column: str) -> bool:
+        """Whether rows of this task can have ``column`` of its own (a results file with any other
+        column that is not a common one is reported as not the harness's)."""
+        return column in cls.columns
+
+    @classmethod
     def check_params(cls, params: dict) -> None:
         """Refuse settings the task cannot run with, as one line (a HarnessError), before anything is
         loaded: run and plan mode call it with the task's config."""

@@ -19,6 +19,7 @@ LongBench's ``gov_report`` (its prompt and its middle truncation) on the Hub's
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
@@ -30,6 +31,8 @@ INSTRUCTION = "You are given a report by a government agency. Write a one-page s
 REPORT = "\x00REPORT\x00"
 QUESTION = "Now, write a one-page summary of the report."
 ANSWER_PREFIX = "Summary:"
+# datasets' builders for local files (``task.dataset.path=json`` with ``data_files``): not the Hub
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 DATASET_KEYS = {"path", "name", "split", "data_files", "text_field", "summary_field", "max_documents"}
 
 
@@ -92,7 +95,10 @@ class GovReportTask(Task):
                                          split=config.get("split", "test"))
         except Exception as error:  # noqa: BLE001 - network, missing dataset, bad split: all one line
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise HarnessError(f"cannot load dataset {config['path']}: {first}") from None
+            hub = config["path"] not in LOCAL_BUILDERS and not Path(config["path"]).expanduser().exists()
+            offline = ("; without the Hub, use a local JSONL copy: task.dataset.path=json "
+                       "task.dataset.data_files=/path/to/govreport.jsonl task.dataset.split=train" if hub else "")
+            raise HarnessError(f"cannot load dataset {config['path']}: {first}{offline}") from None
         for index, row in enumerate(rows):
             if index == config.get("max_documents"):
                 return

@@ -177,6 +177,20 @@ def test_a_read_only_results_dir_is_refused(tmp_path):
         tmp_path.chmod(0o700)
 
 
+def test_a_finished_job_in_a_read_only_results_dir_has_nothing_to_do(tmp_path, monkeypatch):
+    """Only a job with work left needs to write (root ignores permissions: the check is simulated)."""
+    finished = run_job(config(tmp_path, "method=origin"))
+
+    def read_only(folder):
+        raise HarnessError(f"results directory {folder} is not writable (Read-only file system); set results_dir=...")
+
+    monkeypatch.setattr("harness.runner.check_writable", read_only)
+    again = run_job(config(tmp_path, "method=origin"))
+    assert again.path == finished.path and again.counts["skipped"] == 4 and again.counts["ok"] == 0
+    with pytest.raises(HarnessError, match="not writable"):
+        run_job(config(tmp_path, "method=origin", "task.samples=3"))
+
+
 def test_unwritable_results_dir_on_the_command_line_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("")
     bad = subprocess.run([*CLI, "task.lengths=[300]", "task.samples=1", f"results_dir={tmp_path}/a-file/results",
