@@ -95,7 +95,8 @@ class PasskeyTask(Task):
                       "training length; x = a length where every sample failed (OOM/ERR)."),
                Figure("passkey_depth", "depth_map", "Passkey retrieval by depth", "needle depth (fraction of the filler)",
                       "Passkey accuracy by needle depth (rows, five bins from the start of the filler to its end) and "
-                      "input length (columns), one panel per method; each cell shows retrieved/samples."))
+                      "input length (columns), one panel per method; each cell shows retrieved/samples, its colour the "
+                      "accuracy (colour bar); grey = no rows at that depth and length."))
     # Options added after the first committed rows, at the value that reproduces those rows: left
     # out of the results hash so those rows' files stay resumable.
     hash_neutral_defaults = {"depths": None}
