@@ -125,8 +125,9 @@ class ResultsFile:
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]
         if missing or (len(frame) and not frame["status"].isin(STATUSES).all()):
             raise _corrupted(self.path, "unexpected columns or status")
-        if not isinstance(frame.index, pd.RangeIndex):  # pandas takes a first field the header lacks as an index
-            raise _corrupted(self.path, "rows with more fields than the header")
+        widths = {len(fields) for fields in csv.reader(io.StringIO(text)) if fields}
+        if widths != {len(frame.columns)}:  # pandas would take a first field the header lacks as the index
+            raise _corrupted(self.path, "rows with other numbers of fields than the header")
         foreign = _foreign_columns(frame)
         if foreign:
             raise _corrupted(self.path, f"a column the harness does not write: {', '.join(foreign)}")

@@ -159,8 +159,10 @@ GOOD_HEADER = b"model,method,task,length,sample,status,score\n"
     GOOD_HEADER + b"m,origin,passkey,300.5,0,ok,1.0\n",
     GOOD_HEADER + b"m,origin,passkey,300,,ok,1.0\n",  # no sample
     GOOD_HEADER[:-1] + b",note\nm,origin,passkey,300,0,ok,1.0,mine\n",  # a column the harness does not write
-    GOOD_HEADER + b"m,origin,passkey,300,0,ok,1.0,x\nm,origin,passkey,300,1,ok,1.0,y\n",  # a field the header lacks
-], ids=["non-utf8-byte", "binary", "length-abc", "length-300.5", "sample-missing", "extra-column", "extra-field"])
+    GOOD_HEADER + b"0,m,origin,passkey,300,0,ok,1.0\n1,m,origin,passkey,300,1,ok,1.0\n",  # a field the header lacks
+    b"," + GOOD_HEADER + b"0,m,origin,passkey,300,0,ok,1.0\n",  # pandas' index written as an unnamed column
+], ids=["non-utf8-byte", "binary", "length-abc", "length-300.5", "sample-missing", "extra-column", "extra-field",
+        "index-column"])
 def test_a_corrupted_results_file_is_one_line_and_left_alone(tmp_path, content):
     cfg = config(tmp_path, "method=origin")
     from harness.job import results_path
