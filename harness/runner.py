@@ -96,10 +96,8 @@ def run_job(cfg: DictConfig) -> JobSummary:
         todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
         summary.counts["skipped"] = len(lengths) * samples - len(todo)
     summary.failed_kept = 0 if retry else len(failed)
-    if not todo:
-        hint = (f"; {len(failed)} of them failed (their rows say why): rerun with retry_failed=true to compute "
-                f"them again" if summary.failed_kept else "")
-        log.info("nothing to do: all %d rows are in %s%s", summary.counts["skipped"], path, hint)
+    if not todo:  # the run summary says how many of these rows failed, and how to retry them
+        log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
     check_writable(path.parent)  # before loading anything (creates nothing); a finished job needs no writing
 
