@@ -275,6 +275,11 @@ def test_a_failed_sample_is_retried_only_with_retry_failed_and_its_new_row_repla
     monkeypatch.setattr("harness.models.load_model", no_model)
     again = run_job(config(tmp_path, "method=origin"))
     assert again.counts["skipped"] == 4 and again.failed_kept == 1
+    from harness.summary import print_job_summary
+
+    print_job_summary(again)
+    printed = capsys.readouterr().out
+    assert "1 of the rows already there failed" in printed and "retry_failed=true" in printed
     monkeypatch.undo()
     retried = run_job(config(tmp_path, "method=origin", "retry_failed=true"))
     assert retried.counts == {"ok": 1, "oom": 0, "error": 0, "skipped": 3, "busy": 0} and retried.failed_kept == 0
