@@ -29,6 +29,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 
+# Set when Hydra has composed a run's or a sweep's config and starts it (in the process that called
+# Hydra): an exit status 1 from Hydra before that is its refusal of the command line (an override it
+# cannot parse or merge, a config that does not exist), which harness.cli reports as bad input (2).
+started = False
+
+
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.jobs: list[dict] = []
@@ -36,7 +42,13 @@ class SweepSummary(Callback):
         self._inbox: Path | None = None
         self._created: list[Path] = []  # the sweep folder and its parents that did not exist before this sweep
 
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        global started
+        started = True
+
     def on_multirun_start(self, config, **kwargs: Any) -> None:
+        global started
+        started = True
         self._parent_pid = os.getpid()
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         self._inbox = sweep_dir / ".harness-jobs" / uuid.uuid4().hex[:12]

@@ -13,7 +13,7 @@ from harness.results import collect
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.collect", description=__doc__)
     parser.add_argument("--results", type=Path, default=Path("results"), help="the results directory (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="default: <results>/all.csv")
     args = parser.parse_args(argv)

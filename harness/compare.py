@@ -121,7 +121,7 @@ def report(rows: pd.DataFrame, alpha: float, baseline: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="a results directory (with runs/) or a collected CSV (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="the CSV of every pair (default: <results>/compare.csv)")

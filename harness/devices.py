@@ -2,8 +2,9 @@
 
 Without the check, ``device=cuda`` on a CPU-only torch fails deep inside the model load with
 ``AssertionError: Torch not compiled with CUDA enabled``, and ``device=gpu`` with torch's
-"Expected one of cpu, cuda, ... device type" message. Both ``python -m harness`` and
-``plan=true`` call :func:`check_device`.
+"Expected one of cpu, cuda, ... device type" message. ``python -m harness`` calls
+:func:`check_device`; ``plan=true`` calls only :func:`check_device_name`, because a plan is made
+where the sweep is prepared (a cluster's login node, a laptop), not on the machine it plans for.
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_device(device: str, cuda_count=_cuda_count, mps_available=None) -> str:
-    """The device string, unchanged, if this machine has it; else a one-line :class:`HarnessError`.
-
-    ``cuda_count`` and ``mps_available`` are injectable for tests (defaults: ask torch)."""
+def check_device_name(device: str) -> torch.device:
+    """The parsed device if ``device`` names one the harness runs on (cpu, cuda, cuda:N, mps),
+    whether or not this machine has it; else a one-line :class:`HarnessError` (a typo such as ``gpu``)."""
     text = str(device).strip()
     try:
         parsed = torch.device(text)
     except (RuntimeError, TypeError, ValueError):
         parsed = None
-    if parsed is None or parsed.type not in KINDS:
+    if parsed is None or parsed.type not in KINDS or (parsed.type == "cpu" and parsed.index not in (None, 0)):
         raise HarnessError(f"device={text!r} is not a device this harness runs on; use cpu, cuda, cuda:N or mps")
+    return parsed
+
+
+def check_device(device: str, cuda_count=_cuda_count, mps_available=None) -> str:
+    """The device string, unchanged, if this machine has it; else a one-line :class:`HarnessError`.
+
+    ``cuda_count`` and ``mps_available`` are injectable for tests (defaults: ask torch)."""
+    text = str(device).strip()
+    parsed = check_device_name(text)
     if parsed.type == "cuda":
         count = cuda_count()
         if count == 0:
@@ -42,6 +51,4 @@ def check_device(device: str, cuda_count=_cuda_count, mps_available=None) -> str
         available = mps_available() if mps_available else torch.backends.mps.is_available()
         if not available:
             raise HarnessError(f"device={text!r}, but this machine has no MPS (Apple GPU) backend; use device=cpu")
-    if parsed.type == "cpu" and parsed.index not in (None, 0):
-        raise HarnessError(f"device={text!r} is not a device this harness runs on; use cpu, cuda, cuda:N or mps")
     return text

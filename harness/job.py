@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from harness.devices import check_device
+from harness.devices import check_device, check_device_name
 from harness.errors import HarnessError
 from harness.results import config_hash
 
@@ -56,17 +56,21 @@ def task_class(task_cfg: DictConfig):
     return get_class(target) if target else Task
 
 
-def check_job(cfg: DictConfig) -> tuple[list[int], int]:
+def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     """Everything about a job that can be checked without loading anything: (lengths, samples).
 
     ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work. A task
-    that evaluates whole lengths has no ``samples`` (0 here): it decides them itself."""
+    that evaluates whole lengths has no ``samples`` (0 here): it decides them itself. ``plan``: only
+    the device's name is checked, not that this machine has it (a GPU sweep is planned anywhere)."""
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise HarnessError(f"seed must be an integer, got {seed!r}")
     if cfg.get("dtype") not in DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
-    check_device(cfg.device)
+    check_device_name(cfg.device) if plan else check_device(cfg.device)
+    check_results_dir(cfg.get("results_dir"))
+    if not isinstance(cfg.get("retry_failed", False), bool):
+        raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
     cls = task_class(cfg.task)
     samples = 0
@@ -76,6 +80,15 @@ def check_job(cfg: DictConfig) -> tuple[list[int], int]:
             raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
     cls.check_params(OmegaConf.to_container(cfg.task, resolve=True))
     return lengths, samples
+
+
+def check_results_dir(value) -> str:
+    """``results_dir`` as a folder name: null used to write into ``./None/``, and an empty value
+    into the current directory itself (or, for a sweep's folder, ``/multirun`` at the filesystem's root)."""
+    if value is None or not isinstance(value, (str, Path)) or not str(value).strip():
+        got = "null" if value is None else "an empty value" if isinstance(value, str) else repr(value)
+        raise HarnessError(f"results_dir must be a folder, e.g. results_dir=results (the default); got {got}")
+    return str(value)
 
 
 def original_cwd() -> Path:
@@ -89,7 +102,7 @@ def original_cwd() -> Path:
 
 def results_root(cfg: DictConfig) -> Path:
     """``results_dir`` as an absolute path; a relative one is relative to where the command was started."""
-    root = Path(str(cfg.results_dir)).expanduser()
+    root = Path(check_results_dir(cfg.get("results_dir"))).expanduser()
     return (root if root.is_absolute() else original_cwd() / root).absolute()
 
 

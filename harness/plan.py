@@ -131,7 +131,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     """The plan of one job (no weights, tokenizer or corpus is loaded)."""
     from harness.methods import method_from_config
 
-    lengths, samples = check_job(cfg)
+    lengths, samples = check_job(cfg, plan=True)  # the device is the one planned for, not this machine's
     path, _ = results_path(cfg)
     done = ResultsFile(path, []).done()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -17,7 +17,13 @@ Why this is safe:
   twice, and jobs that write into one file (the same job started twice, or one job split by
   lengths over several processes) share the work instead of failing;
 * a write that fails (disk full, quota) is rolled back to the last whole row and stops the job
-  with a one-line error; nothing already written is touched.
+  with a one-line error; nothing already written is touched;
+* a failed sample (``error``/``oom``) is computed again only when asked (``retry_failed=true``),
+  and its new row is appended after the failed one, never written over it: every reader here
+  (:meth:`ResultsFile.read`, :func:`read_rows`, so resuming, the run summary, collect, compare and
+  the figures) keeps only the newest attempt (:func:`latest_attempts`). The file stays
+  append-only, so a crash during a retry leaves the failed row as it was, and the failure stays on
+  record in the file.
 The results directory must be on a filesystem with POSIX locks (local disks and NFS have them).
 
 A task that evaluates every sample of a length at once (``Task.whole_length``) claims the length
@@ -38,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
@@ -118,16 +125,25 @@ class ResultsFile:
         missing = [c for c in ("length", "sample", "status") if c not in frame.columns]
         if missing or (len(frame) and not frame["status"].isin(STATUSES).all()):
             raise _corrupted(self.path, "unexpected columns or status")
+        widths = {len(fields) for fields in csv.reader(io.StringIO(text)) if fields}
+        if widths != {len(frame.columns)}:  # pandas would take a first field the header lacks as the index
+            raise _corrupted(self.path, "rows with other numbers of fields than the header")
+        foreign = _foreign_columns(frame)
+        if foreign:
+            raise _corrupted(self.path, f"a column the harness does not write: {', '.join(foreign)}")
         for column, lowest in (("length", 0), ("sample", -1)):  # sample -1: a row about a whole length
             values = pd.to_numeric(frame[column], errors="coerce")
             if values.isna().any() or (values != values.round()).any() or (values < lowest).any():
                 raise _corrupted(self.path, f"a {column} that is not a whole number")
             frame[column] = values.astype("int64")
-        return frame
+        return latest_attempts(frame)
 
-    def done(self) -> set[tuple[int, int]]:
-        """(length, sample) pairs that already have a row, whatever their status."""
+    def done(self, retry_failed: bool = False) -> set[tuple[int, int]]:
+        """(length, sample) pairs that already have a row, whatever their status; with
+        ``retry_failed``, only those whose (newest) row is ``ok``: a failed one is to be computed again."""
         frame = self.read()
+        if retry_failed:
+            frame = frame[frame["status"] == "ok"]
         return {(int(a), int(b)) for a, b in zip(frame["length"], frame["sample"])}
 
     # -- writing --------------------------------------------------------------------------
@@ -163,11 +179,12 @@ class ResultsFile:
         self._fd = self._lock_fd = None
 
     @contextmanager
-    def claim(self, length: int, sample: int | None) -> Iterator[str]:
+    def claim(self, length: int, sample: int | None, retry_failed: bool = False) -> Iterator[str]:
         """Yields what this process may do with (length, sample): "mine" (compute it: nobody else is
         and it has no row yet), "busy" (another live process holds it) or "skipped" (it has a row).
         A "mine" claim is held until the block ends (or the process dies). ``sample`` None claims the
-        whole length (a ``whole_length`` task's unit), "skipped" once the file has any row of it."""
+        whole length (a ``whole_length`` task's unit), "skipped" once the file has any row of it.
+        ``retry_failed``: a sample whose row failed is "mine" too, until some process's retry is ok."""
         offset = _CLAIMS_START + length * _MAX_SAMPLES + (sample or 0)
         try:
             fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
@@ -175,7 +192,7 @@ class ResultsFile:
             yield "busy"
             return
         try:
-            done = self.done()
+            done = self.done(retry_failed)
             has_row = any(key[0] == length for key in done) if sample is None else (length, sample) in done
             yield "skipped" if has_row else "mine"
         finally:
@@ -249,6 +266,20 @@ def check_writable(folder: Path) -> None:
         raise _not_writable(folder, error) from None
 
 
+def _foreign_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns that are neither common ones nor those of the file's task (a task without a class in
+    this checkout, e.g. from another branch, is not judged)."""
+    from tasks import TASKS
+
+    if "task" not in frame.columns or frame.empty:
+        return []
+    classes = [TASKS.get(name) for name in frame["task"].dropna().unique()]
+    if not classes or None in classes:
+        return []
+    return [column for column in frame.columns
+            if column not in COMMON_COLUMNS and not any(cls.writes_column(column) for cls in classes)]
+
+
 def _corrupted(path: Path, reason: str) -> HarnessError:
     return HarnessError(f"results file {path} is corrupted ({reason}); move it away and rerun")
 
@@ -268,11 +299,37 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(ROW_KEY).reset_index(drop=True)
 
 
+def latest_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows without the failed attempts that a later one replaced (``retry_failed=true``): a
+    failed row is dropped when a later row (in file order) has its (length, sample) or, for a failed
+    whole length (sample -1), its length, within the same job (model, method, task, config_hash).
+    The harness never writes a row after an ``ok`` one of the same sample, so what is left is one
+    row per sample: the newest."""
+    if frame.empty or "status" not in frame.columns:
+        return frame
+    job = [frame[c] for c in ("model", "method", "task", "config_hash") if c in frame.columns]
+    order = pd.Series(np.arange(len(frame)), index=frame.index)
+    last_of_sample = order.groupby([*job, frame["length"], frame["sample"]], dropna=False).transform("max")
+    last_of_length = order.groupby([*job, frame["length"]], dropna=False).transform("max")
+    replaced = (frame["status"] != "ok") & ((order < last_of_sample) | ((frame["sample"] == -1) & (order < last_of_length)))
+    return frame[~replaced].reset_index(drop=True) if replaced.any() else frame
+
+
 def read_rows(path: Path) -> pd.DataFrame:
     """Every row under a results directory (its ``runs/**/*.csv``), or of one collected CSV."""
     path = Path(path)
     if path.is_file():
-        return pd.read_csv(path, dtype=text_columns())
+        if path.stat().st_size == 0:
+            raise HarnessError(f"{path} is empty: no rows (collect them with python -m harness.collect)")
+        try:
+            frame = pd.read_csv(path, dtype=text_columns())
+        except Exception as error:  # noqa: BLE001 - undecodable bytes or any parse failure mean the same to the user
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise HarnessError(f"{path} is not a results table ({reason})") from None
+        missing = [c for c in ("model", "method", "task", "length", "sample", "status") if c not in frame.columns]
+        if missing:
+            raise HarnessError(f"{path} is not a results table (no {', '.join(missing)} column)")
+        return latest_attempts(frame)
     if not (path / "runs").is_dir():
         raise HarnessError(f"{path} is neither a collected CSV nor a results directory with runs/ "
                            "(run python -m harness first, or give --results)")

@@ -41,6 +41,8 @@ class JobSummary:
     task: str = ""
     # skipped: rows already written; busy: samples another process was computing (left to it)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0, "skipped": 0, "busy": 0})
+    # of the skipped ones, how many are failed rows left as they are (retry_failed=true computes them)
+    failed_kept: int = 0
 
     @property
     def failed(self) -> int:
@@ -63,28 +65,41 @@ def _versions() -> str:
     return json.dumps({"torch": torch.__version__, "transformers": transformers.__version__}, sort_keys=True)
 
 
+# How allocation failures read: CUDA's "out of memory", and the CPU allocator's "DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate ... bytes" (a RuntimeError, not a MemoryError).
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(m in message for m in _OOM_MESSAGES)
 
 
 def run_job(cfg: DictConfig) -> JobSummary:
     """Run whatever of this job is not in its results file yet."""
     lengths, samples = check_job(cfg)
     path, digest = results_path(cfg)
-    check_writable(path.parent)  # before loading anything (creates nothing)
+    retry = bool(cfg.get("retry_failed", False))
     summary = JobSummary(path, lengths, samples, cfg.task.name)
     whole_length = task_class(cfg.task).whole_length
-    existing = ResultsFile(path, []).read()
-    done = {(int(a), int(b)) for a, b in zip(existing["length"], existing["sample"])}
+    existing = ResultsFile(path, []).read()  # the newest attempt of each sample (results.latest_attempts)
+    asked = existing[existing["length"].isin(lengths)]
+    if samples:  # the file may hold more samples than this command asks for
+        asked = asked[asked["sample"] < samples]
+    failed = asked[asked["status"] != "ok"]
+    kept = existing[existing["status"] == "ok"] if retry else existing  # rows that need no computing
+    done = {(int(a), int(b)) for a, b in zip(kept["length"], kept["sample"])}
     if whole_length:  # one unit per length (index None): done once the file has any row of it
         todo = [(length, None) for length in lengths if length not in {a for a, _ in done}]
-        summary.counts["skipped"] = int((existing["length"].isin(lengths)).sum())  # rows of the lengths done
+        summary.counts["skipped"] = int((kept["length"].isin(lengths)).sum())  # rows of the lengths done
     else:
         todo = [(length, index) for length in lengths for index in range(samples) if (length, index) not in done]
         summary.counts["skipped"] = len(lengths) * samples - len(todo)
-    if not todo:
+    summary.failed_kept = 0 if retry else len(failed)
+    if not todo:  # the run summary says how many of these rows failed, and how to retry them
         log.info("nothing to do: all %d rows are in %s", summary.counts["skipped"], path)
         return summary
+    check_writable(path.parent)  # before loading anything (creates nothing); a finished job needs no writing
 
     from harness.methods import apply_method, method_from_config  # imported only once there is work
     from harness.models import load_model
@@ -106,6 +121,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
     if task.needs_tokenizer and loaded.tokenizer is None:
         raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
+    task.check_model(model)  # e.g. a layer the model does not have: one line, before any compute
     for length in sorted({length for length, _ in todo} if not whole_length else ()):  # checked before any compute
         try:
             task.build_input(length, 0)
@@ -118,18 +134,19 @@ def run_job(cfg: DictConfig) -> JobSummary:
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)
-        bar = tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", unit="length" if whole_length else "sample",
-                   dynamic_ncols=True)
-        for length, index in bar:
-            bar.set_postfix(length=length)
-            with results.claim(length, index) as state:
-                if state != "mine":
-                    summary.counts[state] += 1  # another process computes it / wrote it since this job started
-                elif whole_length:
-                    for status in _run_length(cfg, task, model, results, provenance, length):
-                        summary.counts[status] += 1
-                else:
-                    summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
+        # closed on any way out (Ctrl-C too), so what is printed next starts on a line of its own
+        with tqdm(todo, desc=f"{loaded.name}/{method_name}/{cfg.task.name}", dynamic_ncols=True,
+                  unit="length" if whole_length else "sample") as bar:
+            for length, index in bar:
+                bar.set_postfix(length=length)
+                with results.claim(length, index, retry_failed=retry) as state:
+                    if state != "mine":
+                        summary.counts[state] += 1  # another process computes it / wrote it since this job started
+                    elif whole_length:
+                        for status in _run_length(cfg, task, model, results, provenance, length):
+                            summary.counts[status] += 1
+                    else:
+                        summary.counts[_run_sample(cfg, task, model, results, provenance, length, index)] += 1
     return summary
 
 
@@ -143,7 +160,7 @@ def _run_sample(cfg, task, model, results: ResultsFile, provenance: dict, length
         row.update(task.evaluate(model, task_input), status="ok")
     except Exception as error:  # noqa: BLE001 - a failing sample is recorded, the sweep goes on
         row.update(_failure(error))
-        log.warning("%s/%s length %d sample %d: %s", provenance["method"], cfg.task.name, length, index, row["status"])
+        _report_failure(f"{provenance['method']}/{cfg.task.name} length {length} sample {index}", row)
     row.update(_timing(started))
     results.append(row)
     return row["status"]
@@ -159,7 +176,7 @@ def _run_length(cfg, task, model, results: ResultsFile, provenance: dict, length
             raise ValueError("the task returned no rows for this length")
     except Exception as error:  # noqa: BLE001 - a failing length is recorded, the sweep goes on
         rows = [dict(provenance, length=length, sample=-1, **_failure(error))]
-        log.warning("%s/%s length %d: %s", provenance["method"], cfg.task.name, length, rows[0]["status"])
+        _report_failure(f"{provenance['method']}/{cfg.task.name} length {length}", rows[0])
     timing = _timing(started)
     results.append_all([dict(row, **timing) for row in rows])
     return [row["status"] for row in rows]
@@ -171,6 +188,11 @@ def _failure(error: Exception) -> dict:
         torch.cuda.empty_cache()
     message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
     return {"status": "oom" if _is_oom(error) else "error", "message": message}
+
+
+def _report_failure(what: str, row: dict) -> None:
+    """One console line per failed sample or length, with why (the row's message), above the progress bar."""
+    tqdm.write(f"{what}: {row['status']}: {row['message']}")
 
 
 def _timing(started: float) -> dict:

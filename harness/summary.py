@@ -12,6 +12,10 @@ def print_job_summary(summary) -> None:
     busy = f"; left to another running job: {counts['busy']}" if counts.get("busy") else ""
     print(f"rows: {summary.path}  (new: {counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; "
           f"already there: {counts['skipped']}{busy})")
+    kept = getattr(summary, "failed_kept", 0)
+    if kept:  # rows that failed in an earlier run: skipped like the others unless asked
+        print(f"{kept} of the rows already there failed (error/oom; their message column says why): "
+              f"rerun with retry_failed=true to compute them again")
     frame = ResultsFile(summary.path, []).read()
     if summary.lengths:  # only what this command asked for; the file may hold other lengths and samples
         frame = frame[frame["length"].isin(summary.lengths)]

@@ -1,7 +1,8 @@
 """python -m plots [--results results/all.csv] [--out DIR]: every figure + an index page.
 
-Figures are written next to the rows they come from: ``<folder of the CSV>/figures/`` unless
-``--out`` says otherwise. ``make figures`` collects ``results/cpu-smollm2/runs/**`` into
+``--results`` is a collected CSV or, as for harness.collect and harness.compare, a results
+directory (its ``runs/**``). Figures are written next to the rows they come from:
+``<folder of the CSV>/figures/`` or ``<results directory>/figures/`` unless ``--out`` says otherwise. ``make figures`` collects ``results/cpu-smollm2/runs/**`` into
 ``results/cpu-smollm2/all.csv`` and draws the committed figures into ``results/cpu-smollm2/figures/``;
 ``make figures FIGURES_FROM=results`` draws one's own rows into ``results/figures/``.
 """
@@ -13,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-
+from harness.errors import HarnessError
+from harness.results import read_rows
 from plots.figures import build_all, captions
 
 HEATMAPS_CAPTION = "Method x length mean score per task and model; grey n/a = no row, OOM/ERROR = only failures."
@@ -35,23 +36,26 @@ def write_index(built: dict[str, list[Path]], out_dir: Path, source: Path) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m plots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results") / "all.csv",
-                        help="the collected rows (default: results/all.csv, relative to the current directory)")
-    parser.add_argument("--out", type=Path, default=None, help="default: a figures/ folder next to --results")
+                        help="the collected rows, or a results directory with runs/ (default: results/all.csv, "
+                             "relative to the current directory)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: a figures/ folder next to the CSV, or in the results directory")
     args = parser.parse_args(argv)
-    if not args.results.is_file():
+    if not args.results.exists():
         print(f"error: {args.results} does not exist; run python -m harness.collect first", file=sys.stderr)
         return 2
     try:
-        frame = pd.read_csv(args.results)
-    except Exception as error:  # noqa: BLE001 - any unreadable table means the same to the user
-        print(f"error: {args.results} is not a results table ({str(error).splitlines()[0]})", file=sys.stderr)
+        frame = read_rows(args.results)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if frame.empty:
         print(f"error: {args.results} has no rows", file=sys.stderr)
         return 2
-    out = args.out or args.results.parent / "figures"
+    out = args.out or (args.results if args.results.is_dir() else args.results.parent) / "figures"
     built = build_all(frame, out)
     index = write_index(built, out, args.results)
     print(f"{sum(len(p) for p in built.values())} files -> {out} (index: {index})")

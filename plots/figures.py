@@ -5,11 +5,17 @@ figure's ``kind``), and how each method looks is up to the method (``Method.labe
 ``marker``, ``order``): this module names neither. Each ``plot_*`` function takes the whole
 table, draws whatever models, methods and lengths it contains, and returns the written paths
 (PNG and PDF) or [] when the table has no row for it. A method with no class in this checkout
-gets a colour and marker from its name, the same everywhere; a method with no row for a model
-is still listed in that panel's legend as "no data", and failed cells are marked, never dropped
-silently. Lengths double in every sweep, so length axes are log2. Accuracies carry 95% Wilson
+gets a colour and marker from its name, the same everywhere; the methods with no row for a model
+are still named in that panel's legend (one "no rows: ..." line), and failed cells are marked,
+never dropped silently. Lengths double in every sweep, so length axes are log2. Accuracies carry 95% Wilson
 intervals, and every point's number of samples is written above the panel. Files carry no timestamps: the same rows give
 byte-identical files, so redrawing leaves ``git status`` clean.
+
+Readable with many methods (the nine built in, and more): past ``LEGEND_INSIDE_MAX`` series a
+panel is wider and its legend goes under it in columns (beside it, the legend took most of the
+width); methods drawn at one length are spread sideways over a share of the narrowest gap between
+two lengths, so their error bars stay apart; a figure of several panels builds its legend from
+all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -49,6 +56,12 @@ _EXTRA_MARKERS = ["<", ">", "p", "d", "8", "H", "P", "X", "*", "h"]
 # No timestamps or tool versions in the files: the same rows draw byte-identical figures.
 ALPHA = 0.05  # points significantly better than Origin (paired exact tests) are ringed
 LEGEND_INSIDE_MAX = 6  # series a legend may list inside the panel
+LEGEND_COLUMNS = 3  # columns of a legend under a panel (more series than LEGEND_INSIDE_MAX)
+# The methods at one length are spread sideways over this share of the narrowest gap between two
+# lengths (log2 units), at most DODGE_STEP_MAX apart: 12k and 16k are only 0.42 apart.
+DODGE_SHARE = 0.6
+DODGE_STEP_MAX = 0.04
+RING_SIZE = 110  # marker area (pt^2) of the ring around a significantly better point
 HIDDEN_SETTLED_FRACTION = 16  # hidden-state panels scale their y axis to the values from T / 16 on
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 
@@ -150,6 +163,34 @@ def _panels(n: int, width: float = 5.2, height: float = 3.8):
     return fig, list(axes[0])
 
 
+def dodge_step(lengths, series: int) -> float:
+    """Sideways distance (log2 units) between neighbouring series at one length (see DODGE_SHARE)."""
+    logs = np.log2(sorted({float(v) for v in lengths}))
+    gap = float(np.diff(logs).min()) if len(logs) > 1 else 1.0
+    return min(DODGE_STEP_MAX, DODGE_SHARE * gap / max(1, series - 1))
+
+
+def no_rows_entry(labels: list[str]):
+    """One legend line naming the methods without rows in a panel (instead of one entry each)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none", label=f"no rows: {', '.join(labels)}")
+
+
+def panel_legend(ax, many: bool, series: list[str]) -> None:
+    """Inside the panel for a few series; under it, in columns, for many (beside it, it took most of the
+    width). The series (in the order of ``series``, their names) come first, then reference lines and notes."""
+    handles, labels = ax.get_legend_handles_labels()
+    rank = {style(name)["label"]: i for i, name in enumerate(series)}
+    order = sorted(range(len(labels)), key=lambda i: (labels[i] not in rank, rank.get(labels[i], 0), i))
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    if many:
+        ax.legend(handles, labels, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  ncol=LEGEND_COLUMNS, frameon=False, handletextpad=0.4, columnspacing=1.2)
+    else:
+        ax.legend(handles, labels, fontsize=7, loc="best", framealpha=0.8)
+
+
 def _mark_training_length(ax, model: str) -> None:
     t = train_length(model)
     if t is not None:
@@ -170,18 +211,21 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
     all_methods = methods_in(frame)
     models = sorted(rows["model"].unique())
     better = better_than_baseline(rows)
-    fig, axes = _panels(len(models))
+    many = len(all_methods) > LEGEND_INSIDE_MAX
+    fig, axes = _panels(len(models), *((8.4, 5.6) if many else (5.2, 3.8)))
     for ax, model in zip(axes, models):
         sub = rows[rows["model"] == model]
         counts: dict[int, list[int]] = {}
+        step = dodge_step(sub["length"], len(all_methods))
+        missing = []
         for rank, method in enumerate(all_methods):
             st = style(method)
-            # a small sideways shift per method (in log2 units), so equal values do not hide each other
-            shift = 2.0 ** ((rank - (len(all_methods) - 1) / 2) * 0.025)
+            # a sideways shift per method (in log2 units), so equal values and their bars do not hide each other
+            shift = 2.0 ** ((rank - (len(all_methods) - 1) / 2) * step)
             cell = sub[sub["method"] == method]
             ok = cell[cell["status"] == "ok"]
             if cell.empty:
-                ax.plot([], [], color=st["color"], marker=st["marker"], linestyle="none", label=f"{st['label']} (no data)")
+                missing.append(st["label"])
                 continue
             stats = ok.groupby("length")["score"].agg(["mean", "std", "count", "sum"]).reset_index()
             for length, n in zip(stats["length"], stats["count"]):
@@ -190,14 +234,15 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
             if band == "wilson":
                 low, high = wilson(stats["sum"], stats["count"])
                 yerr = np.vstack([stats["mean"] - low, high - stats["mean"]]).clip(0)
-                ax.errorbar(x, stats["mean"], yerr=yerr, color=st["color"], marker=st["marker"], capsize=3,
-                            linewidth=1.4, elinewidth=1, label=st["label"])
+                ax.errorbar(x, stats["mean"], yerr=yerr, color=st["color"], marker=st["marker"],
+                            capsize=2 if many else 3, markersize=5 if many else 6, linewidth=1.2 if many else 1.4,
+                            elinewidth=0.9, label=st["label"])
             else:
                 ax.plot(x, stats["mean"], color=st["color"], marker=st["marker"], label=st["label"])
             ringed = stats["length"].map(lambda length: (model, method, int(length)) in better).to_numpy(dtype=bool)
             if ringed.any():
-                ax.scatter(x[ringed], stats["mean"][ringed], s=170, facecolors="none", edgecolors=st["color"],
-                           linewidths=1.4, zorder=6)
+                ax.scatter(x[ringed], stats["mean"][ringed], s=RING_SIZE, facecolors="none", edgecolors=st["color"],
+                           linewidths=1.3, zorder=6)
             if band != "wilson" and (stats["count"] > 1).any():
                 spread = stats["std"].fillna(0)
                 ax.fill_between(x, stats["mean"] - spread, stats["mean"] + spread, color=st["color"], alpha=0.15,
@@ -211,10 +256,12 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
                 ax.annotate(status.upper(), (length * shift, y), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=7, color=st["color"])
         if any(key[0] == model for key in better):
-            ax.scatter([], [], s=170, facecolors="none", edgecolors="black", linewidths=1.4,
+            ax.scatter([], [], s=RING_SIZE, facecolors="none", edgecolors="black", linewidths=1.3,
                        label=f"ringed: better than {style(method_names()[0])['label']} (paired exact test, p < {ALPHA})")
         if length_unit(task) == "tokens":  # a length in lines cannot be compared with a training length
             _mark_training_length(ax, model)
+        if missing:
+            ax.add_line(no_rows_entry(missing))
         log2_length_axis(ax, sub["length"], xlabel)
         samples_axis(ax, counts)
         ax.set_title(f"{title}: {model}")
@@ -222,10 +269,7 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        if len(all_methods) > LEGEND_INSIDE_MAX:  # beside the panel: inside it would hide points
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.8)
-        else:
-            ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        panel_legend(ax, many, all_methods)
     return _save(fig, out_dir, figure.file)
 
 
@@ -254,16 +298,20 @@ def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_
         lengths = sorted(everything[everything["model"] == model]["length"].unique())
         x = np.log2(np.asarray(lengths, dtype=float))  # a log2 length axis (bars need linear positions)
         gap = float(np.diff(x).min()) if len(x) > 1 else 1.0
-        width = 0.8 * gap / max(1, len(all_methods))
+        # bars only for the methods with rows here; the others are one "no rows" line in the legend
+        present = [m for m in all_methods if (everything[everything["model"] == model]["method"] == m).any()]
+        missing = [style(m)["label"] for m in all_methods if m not in present]
+        width = 0.8 * gap / max(1, len(present))
         ax_time = ax_mem.twinx()
-        for i, method in enumerate(all_methods):
+        handles = []  # one entry per method: its bar and its line
+        for i, method in enumerate(present):
             st = style(method)
             cell = sub[sub["method"] == method].groupby("length")[["peak_mb", "prefill_s", "decode_ms_per_token"]].mean()
             cell = cell.reindex(lengths)
-            offset = (i - (len(all_methods) - 1) / 2) * width
-            ax_mem.bar(x + offset, cell["peak_mb"] / 1024, width, color=st["color"], alpha=0.45,
-                       label=f"{st['label']} memory" if cell["peak_mb"].notna().any() else f"{st['label']} (no data)")
-            ax_time.plot(x, cell["prefill_s"], color=st["color"], marker=st["marker"], label=f"{st['label']} prefill")
+            offset = (i - (len(present) - 1) / 2) * width
+            bars = ax_mem.bar(x + offset, cell["peak_mb"] / 1024, width, color=st["color"], alpha=0.45)
+            (line,) = ax_time.plot(x, cell["prefill_s"], color=st["color"], marker=st["marker"])
+            handles.append(((bars.patches[0] if bars.patches else line, line), st["label"]))
             ax_dec.plot(x, cell["decode_ms_per_token"], color=st["color"], marker=st["marker"], label=st["label"])
             failed = everything[(everything["model"] == model) & (everything["method"] == method)
                                 & (everything["status"] != "ok")]
@@ -281,10 +329,13 @@ def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_
         ax_dec.set_ylabel("decode time (ms per token)")
         ax_mem.set_title(f"{figure.title}: {model}")
         ax_dec.set_title(f"Decode latency: {model}")
-        handles = ax_mem.get_legend_handles_labels()[0] + ax_time.get_legend_handles_labels()[0]
-        labels = ax_mem.get_legend_handles_labels()[1] + ax_time.get_legend_handles_labels()[1]
-        ax_mem.legend(handles, labels, fontsize=6, ncol=2, loc="upper left", framealpha=0.8)
-        ax_dec.legend(fontsize=7, loc="upper left", framealpha=0.8)
+        if missing:
+            handles.append((no_rows_entry(missing), no_rows_entry(missing).get_label()))
+        ax_mem.legend([h for h, _ in handles], [label for _, label in handles], fontsize=7, loc="upper left",
+                      framealpha=0.8, handler_map={tuple: HandlerTuple(ndivide=None, pad=0.3)},
+                      title="bars: memory; lines: prefill time", title_fontsize=7)
+        if present:
+            ax_dec.legend(fontsize=7, loc="upper left", framealpha=0.8)
     return _save(fig, out_dir, figure.file)
 
 
@@ -349,6 +400,7 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
         for ax in axes[(m + 1) * rows_per_model - 1][len(methods) - (rows_per_model - 1) * columns:]:
             ax.axis("off")
     edges = np.linspace(0, 1, DEPTH_BINS + 1)
+    image = None
     for m, model in enumerate(models):
         panels = axes[m * rows_per_model : (m + 1) * rows_per_model].flat
         for k, (ax, method) in enumerate(zip(panels, methods)):
@@ -358,7 +410,7 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
                 pd.MultiIndex.from_product([range(DEPTH_BINS), lengths]))
             hits, counts = (grid[c].to_numpy(dtype=float).reshape(DEPTH_BINS, len(lengths)) for c in ("sum", "count"))
             accuracy = hits / counts
-            ax.imshow(np.ma.masked_invalid(accuracy), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+            image = ax.imshow(np.ma.masked_invalid(accuracy), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
             ax.set_facecolor("#dddddd")
             for i in range(DEPTH_BINS):
                 for j in range(len(lengths)):
@@ -371,6 +423,10 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
             ax.set_yticks(range(DEPTH_BINS), [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])], fontsize=7)
             if k % columns == 0:
                 ax.set_ylabel(figure.ylabel, fontsize=7)
+            if k >= len(methods) - columns:  # the lowest panel of its column
+                ax.set_xlabel(length_axis_label(task), fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.8, pad=0.01, aspect=30).set_label(
+        "accuracy (cells: retrieved / samples); grey = no rows", fontsize=7)
     fig.suptitle(figure.title, fontsize=10)
     return _save(fig, out_dir, figure.file)
 
@@ -415,11 +471,21 @@ def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: 
         ax.set_xlabel("position")
         ax.set_ylabel(figure.ylabel)
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    # Every panel's entries, once each (the first panel may lack a method), the methods in their order.
+    from matplotlib.lines import Line2D
+
+    entries = {}
+    for ax in axes.flat[: len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    entries["x: first crossing past T"] = Line2D([], [], marker="x", linestyle="none", color="black")
+    methods = [style(m)["label"] for m in sorted(rows["method"].unique(), key=series_order)]
+    labels = [label for label in methods if label in entries] + [label for label in entries if label not in methods]
+    handles = [entries[label] for label in labels]
     if many:
         fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     else:
-        axes.flat[0].legend(fontsize=6, loc="best", framealpha=0.8)
+        axes.flat[0].legend(handles, labels, fontsize=6, loc="best", framealpha=0.8)
     fig.suptitle(figure.title, fontsize=10)
     return _save(fig, out_dir, figure.file)
 

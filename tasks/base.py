@@ -136,6 +136,12 @@ class Task:
         return []
 
     @classmethod
+    def writes_column(cls, column: str) -> bool:
+        """Whether rows of this task can have ``column`` of its own (a results file with any other
+        column that is not a common one is reported as not the harness's)."""
+        return column in cls.columns
+
+    @classmethod
     def check_params(cls, params: dict) -> None:
         """Refuse settings the task cannot run with, as one line (a HarnessError), before anything is
         loaded: run and plan mode call it with the task's config."""
@@ -163,6 +169,11 @@ class Task:
         if params:
             raise ValueError(f"unknown parameter(s) for task {self.name!r}: {', '.join(sorted(params))}")
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse, as one line (a HarnessError), settings that do not fit the loaded model (e.g. a
+        layer it does not have). The runner calls it once, after the method is applied and before
+        any sample is computed."""
+
     def build_input(self, length: int, index: int) -> TaskInput:
         raise NotImplementedError
 
@@ -179,6 +190,19 @@ class Task:
         a length that raises gets one ``error``/``oom`` row with sample -1. A rerun skips every length
         that has rows."""
         raise NotImplementedError
+
+
+def check_integer(params: dict, key: str, minimum: int = 1) -> None:
+    """One line (a HarnessError) unless ``params[key]``, when given, is an integer >= ``minimum``;
+    for a task's :meth:`Task.check_params`."""
+    from harness.errors import HarnessError
+
+    if key not in params:
+        return
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise HarnessError(f"task.{key} must be {wanted}, got {value!r}")
 
 
 def greedy_generate(model: torch.nn.Module, input_ids: list[int], max_new_tokens: int, eos_token_id=None) -> list[int]:

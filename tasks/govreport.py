@@ -19,10 +19,11 @@ LongBench's ``gov_report`` (its prompt and its middle truncation) on the Hub's
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from tasks.base import Figure, Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, check_integer, greedy_generate
 from tasks.prompts import format_prompt
 
 # LongBench's gov_report prompt (dataset2prompt.json); the report goes where REPORT stands.
@@ -30,6 +31,8 @@ INSTRUCTION = "You are given a report by a government agency. Write a one-page s
 REPORT = "\x00REPORT\x00"
 QUESTION = "Now, write a one-page summary of the report."
 ANSWER_PREFIX = "Summary:"
+# datasets' builders for local files (``task.dataset.path=json`` with ``data_files``): not the Hub
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 DATASET_KEYS = {"path", "name", "split", "data_files", "text_field", "summary_field", "max_documents"}
 
 
@@ -57,6 +60,10 @@ class GovReportTask(Task):
     def generated_tokens(cls, params: dict) -> int:
         return int(params["max_new_tokens"])
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        check_integer(params, "max_new_tokens")  # the summary is generated: at least one token
+
     def __init__(self, *args, dataset: dict, max_new_tokens: int = 512, **kwargs):
         super().__init__(*args, **kwargs)
         self.dataset = dict(dataset or {})
@@ -64,9 +71,8 @@ class GovReportTask(Task):
         if unknown or not self.dataset.get("path"):
             raise HarnessError(f"task.dataset needs a path and accepts {', '.join(sorted(DATASET_KEYS))}; "
                                f"got {', '.join(sorted(self.dataset)) or 'nothing'}")
+        self.check_params(dict(max_new_tokens=max_new_tokens))
         self.max_new_tokens = int(max_new_tokens)
-        if self.max_new_tokens <= 0:
-            raise HarnessError(f"task.max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         self._docs: list[tuple[str, list[int], str]] = []  # (doc_id, report token ids, reference summary)
         self._source: Iterator[tuple[str, str, str]] | None = None
 
@@ -89,7 +95,10 @@ class GovReportTask(Task):
                                          split=config.get("split", "test"))
         except Exception as error:  # noqa: BLE001 - network, missing dataset, bad split: all one line
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise HarnessError(f"cannot load dataset {config['path']}: {first}") from None
+            hub = config["path"] not in LOCAL_BUILDERS and not Path(config["path"]).expanduser().exists()
+            offline = ("; without the Hub, use a local JSONL copy: task.dataset.path=json "
+                       "task.dataset.data_files=/path/to/govreport.jsonl task.dataset.split=train" if hub else "")
+            raise HarnessError(f"cannot load dataset {config['path']}: {first}{offline}") from None
         for index, row in enumerate(rows):
             if index == config.get("max_documents"):
                 return

@@ -144,11 +144,19 @@ class HiddenStateTask(Task):
             chosen.add(self.train_length - 1)
         return sorted(chosen)
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        count = len(architecture_of(model).layers_of(model))
+        bad = [index for index in self.layers if not -count <= index < count]
+        if bad:
+            raise HarnessError(f"task.layers {bad} out of range: the model has {count} decoder layers "
+                               f"(0..{count - 1}, or -{count}..-1 from the end)")
+
     def evaluate_length(self, model: torch.nn.Module, length: int) -> list[dict[str, Any]]:
+        self.check_model(model)  # an index past the last layer must not wrap around to another layer
         ids = self.input_ids(length)
         positions = self.sampled_positions(length)
         layers = architecture_of(model).layers_of(model)
-        chosen = [index % len(layers) for index in self.layers]
+        chosen = [index % len(layers) for index in self.layers]  # in range: only negative ones move
         device = next(model.parameters()).device
         where = torch.tensor(positions, device=device)
         captured: dict[int, torch.Tensor] = {}

@@ -27,7 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from tasks.base import Figure, Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, check_integer, greedy_generate
 from tasks.prompts import format_prompt
 
 # Reference wording (LongChat longeval/utils.py, generate_lines_testcases).
@@ -145,8 +145,13 @@ class LongEvalTask(Task):
                       "LongEval line-retrieval accuracy vs number of lines (paper Figure 7; lines, not tokens); error "
                       "bars = 95% Wilson intervals; n above the panel = samples per point."),)
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        check_integer(params, "max_new_tokens")  # the answer is generated: at least one token
+
     def __init__(self, *args, max_new_tokens: int = 100, **kwargs):
         super().__init__(*args, **kwargs)
+        self.check_params(dict(max_new_tokens=max_new_tokens))
         self.max_new_tokens = int(max_new_tokens)
 
     @classmethod

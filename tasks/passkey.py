@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
-from tasks.base import Figure, Task, TaskInput, greedy_generate
+from tasks.base import Figure, Task, TaskInput, check_integer, greedy_generate
 from tasks.prompts import format_prompt
 
 TASK_DESCRIPTION = (
@@ -95,13 +95,19 @@ class PasskeyTask(Task):
                       "training length; x = a length where every sample failed (OOM/ERR)."),
                Figure("passkey_depth", "depth_map", "Passkey retrieval by depth", "needle depth (fraction of the filler)",
                       "Passkey accuracy by needle depth (rows, five bins from the start of the filler to its end) and "
-                      "input length (columns), one panel per method; each cell shows retrieved/samples."))
+                      "input length (columns), one panel per method; each cell shows retrieved/samples, its colour the "
+                      "accuracy (colour bar); grey = no rows at that depth and length."))
     # Options added after the first committed rows, at the value that reproduces those rows: left
     # out of the results hash so those rows' files stay resumable.
     hash_neutral_defaults = {"depths": None}
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        check_integer(params, "max_new_tokens")  # the answer is generated: at least one token
+
     def __init__(self, *args, max_new_tokens: int = 8, depths: list[float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.check_params(dict(max_new_tokens=max_new_tokens))
         self.max_new_tokens = int(max_new_tokens)
         if depths is not None:
             depths = [depths] if isinstance(depths, (int, float)) else list(depths)

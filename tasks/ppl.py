@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterator
 
 import torch
@@ -48,6 +49,10 @@ class PplTask(Task):
     def logits_positions(cls, params: dict) -> int:
         """``score_chunk`` positions' logits and their log-softmax."""
         return 2 * int(params["score_chunk"])
+
+    @classmethod
+    def writes_column(cls, column: str) -> bool:
+        return super().writes_column(column) or re.fullmatch(r"nll_q[1-9][0-9]*", column) is not None
 
     def __init__(self, *args, corpus: dict, score_chunk: int = 1024, buckets: int = 4, bos: str | bool = "auto",
                  **kwargs):

@@ -18,7 +18,7 @@ import statistics
 import torch
 
 from harness.measure import measure
-from tasks.base import Figure, Task, TaskInput
+from tasks.base import Figure, Task, TaskInput, check_integer
 
 
 class SpeedTask(Task):
@@ -33,10 +33,19 @@ class SpeedTask(Task):
                               "length (Figure 5), log2 length axis."),)
     needs_tokenizer = False
 
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """At least one timed prefill (there is no median of none) and a warm-up of at least one token;
+        decode_steps 0 times no decoding (its column is left empty)."""
+        check_integer(params, "repeats")
+        check_integer(params, "decode_steps", minimum=0)
+        check_integer(params, "warmup_tokens")
+
     def __init__(self, *args, repeats: int = 1, decode_steps: int = 8, warmup_tokens: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
         if self.vocab_size is None:
             raise ValueError("the speed task needs the model's vocab_size")
+        self.check_params(dict(repeats=repeats, decode_steps=decode_steps, warmup_tokens=warmup_tokens))
         self.repeats, self.decode_steps, self.warmup_tokens = int(repeats), int(decode_steps), int(warmup_tokens)
         self._warm = False
 

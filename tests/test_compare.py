@@ -95,6 +95,25 @@ def test_command_line_writes_every_pair_and_errors_in_one_line(tmp_path, capsys)
     assert compare_main(["--results", str(tmp_path / "all.csv"), "--alpha", "2"]) == 2
 
 
+@pytest.mark.parametrize("content,message", [
+    ("", "is empty: no rows"), ("a,b\n1,2\n", "is not a results table (no model, method, task, length, sample, status column)"),
+    ("\xff\xfe\x00", "is not a results table"),
+], ids=["empty", "foreign", "binary"])
+def test_a_file_that_is_no_results_table_is_one_line(tmp_path, capsys, content, message):
+    """An empty CSV used to be a pandas traceback."""
+    path = tmp_path / "given.csv"
+    path.write_bytes(content.encode("latin-1"))
+    assert compare_main(["--results", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} {message}") and len(err.splitlines()) == 1
+
+
+def test_help_names_the_command(capsys):
+    with pytest.raises(SystemExit) as exit:
+        compare_main(["--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m harness.compare ")
+
+
 def test_figures_ring_what_is_significantly_better_than_origin(tmp_path):
     from matplotlib.collections import PathCollection
 

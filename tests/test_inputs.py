@@ -54,11 +54,22 @@ def test_check_device():
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", "gpu"])
-def test_run_and_plan_refuse_a_device_this_machine_lacks(tmp_path, monkeypatch, device):
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_run_refuses_a_device_this_machine_lacks_and_plan_plans_for_it(tmp_path, monkeypatch, device):
+    """A sweep for GPUs is planned where it is prepared (a cluster's login node has no CUDA)."""
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    with pytest.raises(HarnessError, match=f"device={device!r}"):
+        run_job(config(tmp_path, "method=origin", f"device={device}"))
+    assert not list(tmp_path.iterdir())
+    plan = plan_job(config(tmp_path, "method=origin", f"device={device}"))
+    assert plan.to_run == 4 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:3"])
+def test_run_and_plan_refuse_a_device_name_that_is_no_device(tmp_path, monkeypatch, device):
     monkeypatch.setattr("harness.models.load_model", no_model)
     for job in (run_job, plan_job):
-        with pytest.raises(HarnessError, match=f"device={device!r}"):
+        with pytest.raises(HarnessError, match=f"device={device!r} is not a device"):
             job(config(tmp_path, "method=origin", f"device={device}"))
     assert not list(tmp_path.iterdir())
 
@@ -92,6 +103,45 @@ def test_bad_job_settings_are_refused_by_run_and_plan(tmp_path, monkeypatch, ove
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("task,override,match", [
+    ("speed", "task.repeats=0", r"^task.repeats must be a positive integer, got 0$"),
+    ("speed", "task.repeats=1.5", r"^task.repeats must be a positive integer, got 1.5$"),
+    ("speed", "task.decode_steps=-1", r"^task.decode_steps must be an integer >= 0, got -1$"),
+    ("speed", "task.warmup_tokens=0", r"^task.warmup_tokens must be a positive integer"),
+    ("passkey", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer, got 0$"),
+    ("longeval", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer"),
+    ("govreport", "task.max_new_tokens=-2", r"^task.max_new_tokens must be a positive integer"),
+])
+def test_bad_task_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch, task, override, match):
+    """They used to be a failed row per sample (repeats=0: an UnboundLocalError; max_new_tokens=0),
+    or rows of NaN (decode_steps=-1)."""
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    for job in (run_job, plan_job):
+        with pytest.raises(HarnessError, match=match):
+            job(config(tmp_path, "method=origin", override, task=task))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value,got", [("null", "got null"), ("''", "got an empty value"), ("' '", "got an empty value")])
+def test_results_dir_must_name_a_folder(tmp_path, monkeypatch, value, got):
+    """null used to write ./None/runs/..., and an empty value ./runs/..."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    for job in (run_job, plan_job):
+        with pytest.raises(HarnessError, match=f"^results_dir must be a folder, e.g. results_dir=results .*; {got}$"):
+            job(config(tmp_path, "method=origin", f"results_dir={value}"))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["results_dir=null"], ["results_dir="], ["-m", "method=origin,mesa", "results_dir=null"],
+                                  ["-m", "results_dir=res,null"]], ids=["null", "empty", "sweep-null", "swept-null"])
+def test_results_dir_null_or_empty_on_the_command_line(tmp_path, args):
+    done = harness_cli("model=tiny-random", "task.samples=1", "task.lengths=300", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: results_dir must be a folder") and len(done.stderr.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_length_the_task_cannot_build_leaves_no_folders(tmp_path):
     with pytest.raises(HarnessError, match="cannot build length 20"):
         run_job(config(tmp_path / "results", "method=origin", "task.lengths=[300,20]"))
@@ -108,7 +158,11 @@ GOOD_HEADER = b"model,method,task,length,sample,status,score\n"
     GOOD_HEADER + b"m,origin,passkey,300,0,ok,1.0\nm,origin,passkey,abc,1,ok,1.0\n",  # length not an integer
     GOOD_HEADER + b"m,origin,passkey,300.5,0,ok,1.0\n",
     GOOD_HEADER + b"m,origin,passkey,300,,ok,1.0\n",  # no sample
-], ids=["non-utf8-byte", "binary", "length-abc", "length-300.5", "sample-missing"])
+    GOOD_HEADER[:-1] + b",note\nm,origin,passkey,300,0,ok,1.0,mine\n",  # a column the harness does not write
+    GOOD_HEADER + b"0,m,origin,passkey,300,0,ok,1.0\n1,m,origin,passkey,300,1,ok,1.0\n",  # a field the header lacks
+    b"," + GOOD_HEADER + b"0,m,origin,passkey,300,0,ok,1.0\n",  # pandas' index written as an unnamed column
+], ids=["non-utf8-byte", "binary", "length-abc", "length-300.5", "sample-missing", "extra-column", "extra-field",
+        "index-column"])
 def test_a_corrupted_results_file_is_one_line_and_left_alone(tmp_path, content):
     cfg = config(tmp_path, "method=origin")
     from harness.job import results_path
@@ -155,17 +209,35 @@ def test_unknown_keys_are_one_line():
     (["method=mesaa"], "error: unknown method 'mesaa'; choose from: "),
     (["task=nosuch"], "error: unknown task 'nosuch'; choose from: "),
     (["-m", "model=tiny-random,nosuch"], "error: unknown model 'nosuch'; choose from: "),
-    (["plan=true", "device=cuda"] if NO_CUDA else ["plan=true", "device=cuda:99"], "error: device='cuda"),
+    (["device=cuda"] if NO_CUDA else ["device=cuda:99"], "error: device='cuda"),
+    (["plan=true", "device=cuda:x"], "error: device='cuda:x' is not a device"),
     (["device=gpu"], "error: device='gpu' is not a device"),
     (["seed=abc"], "error: seed must be an integer"),
     (["task.lengths=[]"], "error: task.lengths is empty"),
     (["task.nosuch=1"], "error: task.nosuch is not a setting here"),
-], ids=["method", "task", "model-in-sweep", "plan-cuda", "gpu", "seed", "no-lengths", "unknown-key"])
+    (["task=speed", "task.repeats=0"], "error: task.repeats must be a positive integer, got 0"),
+], ids=["method", "task", "model-in-sweep", "cuda", "plan-typo", "gpu", "seed", "no-lengths", "unknown-key",
+        "speed-repeats"])
 def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(first_words), done.stderr
     assert not list(tmp_path.iterdir())  # no results folder, no Hydra outputs/ or multirun/
+
+
+@pytest.mark.parametrize("args", [["task.lengths=[1,"], ["hydra/launcher=nosuch"], ["-m", "method=origin", "task.lengths=[1,"],
+                                  ["hydra.job.chdir=maybe"]], ids=["unparsable", "no-launcher", "sweep", "bad-hydra-value"])
+def test_what_hydra_itself_refuses_is_bad_input_too(tmp_path, args):
+    """Hydra says why (several lines) and used to exit with 1, the status of a failed sample."""
+    done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_config_value_that_cannot_be_resolved_is_one_line(tmp_path):
+    done = harness_cli("model=tiny-random", "model.train_length=${nosuch}", "plan=true", "results_dir=res", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == "error: config: Interpolation key 'nosuch' not found (model.train_length)\n"
 
 
 def test_a_sweep_where_every_job_is_refused_exits_2_and_leaves_nothing(tmp_path):

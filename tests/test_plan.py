@@ -1,5 +1,7 @@
 """Plan mode: cells, done counts and token totals without loading weights; memory estimates from the shape."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,36 @@ def test_plan_counts_longeval_lines_as_tokens(tmp_path):
     # fp32 K and V of 32 layers x 4096 channels for every token
     assert cell.memory["kv_cache"] == pytest.approx(2 * 32 * 4096 * 4 * 4900 / 2**30)  # 4.79 GiB
     assert "length counts lines, not tokens" in format_plan(plan)
+
+
+def readme_example(command: str) -> list[str]:
+    """The output lines the README shows under ``command`` (its ``# `` comment lines, ``...`` left out)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(command) + 1
+    shown = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        text = line[1:].strip()
+        if text != "...":
+            shown.append(text)
+    return shown
+
+
+def test_the_readme_plan_example_runs_without_cuda_and_prints_what_the_readme_shows(tmp_path):
+    """The README's planning example, on a machine without CUDA (as a cluster's login node): every
+    line the README shows is printed (timestamps and the home directory aside), exit 0, nothing written."""
+    command = "python -m harness -m +experiment=paper-gpu plan=true"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "invalid" not in done.stdout and "error" not in done.stderr
+    printed = {" ".join(re.sub(r"^\[[^]]*\]\[HYDRA\]", "[...][HYDRA]", line).split())
+               for line in (done.stdout + done.stderr).splitlines()}
+    shown = readme_example(command)
+    assert len(shown) >= 6 and shown[-1].startswith("plan: 27 jobs")
+    for line in shown:
+        line = line.replace("/home/me/mesa-harness/results", str(tmp_path / "results"))
+        assert " ".join(line.split()) in printed, line
+    assert not list(tmp_path.iterdir())

@@ -100,6 +100,21 @@ def test_a_worker_killed_mid_cell_while_another_runs_then_rerun_completes(tmp_pa
     assert (frame["status"] == "ok").all()
 
 
+def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on(tmp_path):
+    """It used to be a 128-line traceback and exit 1, the status of a failed sample."""
+    args = [*CLI, "method=origin", "task.lengths=[600]", "task.samples=200", f"results_dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(tmp_path, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("interrupted: the rows written so far are kept; rerun the same command "
+                                            "to go on")
+    partial = ResultsFile(job_file(tmp_path), []).read()
+    assert 3 <= len(partial) < 200 and (partial["status"] == "ok").all()  # the interrupted sample left no row
+
+
 def test_a_torn_line_from_a_dead_writer_is_cut_before_the_next_row(tmp_path):
     path = tmp_path / "job.csv"
     row = {c: "x" for c in COMMON_COLUMNS} | {"length": 1, "sample": 0, "status": "ok"}
@@ -160,6 +175,20 @@ def test_a_read_only_results_dir_is_refused(tmp_path):
             run_job(config(tmp_path / "results", "method=origin"))
     finally:
         tmp_path.chmod(0o700)
+
+
+def test_a_finished_job_in_a_read_only_results_dir_has_nothing_to_do(tmp_path, monkeypatch):
+    """Only a job with work left needs to write (root ignores permissions: the check is simulated)."""
+    finished = run_job(config(tmp_path, "method=origin"))
+
+    def read_only(folder):
+        raise HarnessError(f"results directory {folder} is not writable (Read-only file system); set results_dir=...")
+
+    monkeypatch.setattr("harness.runner.check_writable", read_only)
+    again = run_job(config(tmp_path, "method=origin"))
+    assert again.path == finished.path and again.counts["skipped"] == 4 and again.counts["ok"] == 0
+    with pytest.raises(HarnessError, match="not writable"):
+        run_job(config(tmp_path, "method=origin", "task.samples=3"))
 
 
 def test_unwritable_results_dir_on_the_command_line_is_one_line(tmp_path):

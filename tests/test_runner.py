@@ -244,3 +244,112 @@ def test_the_committed_reproduction_stays_resumable(experiment, method, committe
     path, _ = results_path(cfg)
     assert path.name == committed
     assert (ROOT / "results" / "cpu-smollm2" / "runs" / cfg.task.name / "smollm2-135m" / committed).is_file()
+
+
+# -- failed samples: kept, reported, retried on request ------------------------------------------
+def _fail_sample(index_to_fail: int, message: str = "boom"):
+    from tasks.passkey import PasskeyTask
+
+    real = PasskeyTask.evaluate
+
+    def evaluate(self, model, task_input):
+        if task_input.info["key"] == self.build_input(300, index_to_fail).info["key"]:
+            raise RuntimeError(message)
+        return real(self, model, task_input)
+
+    return evaluate
+
+
+def test_a_failed_sample_is_retried_only_with_retry_failed_and_its_new_row_replaces_it(tmp_path, monkeypatch, capsys):
+    from tasks.passkey import PasskeyTask
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", _fail_sample(1))
+    first = run_job(config(tmp_path, "method=origin"))
+    assert first.counts["error"] == 1 and first.counts["ok"] == 3
+    assert "origin/passkey length 300 sample 1: error: boom" in capsys.readouterr().out  # why, on the console
+    monkeypatch.undo()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("without retry_failed a failed row is kept: nothing to compute")
+
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    again = run_job(config(tmp_path, "method=origin"))
+    assert again.counts["skipped"] == 4 and again.failed_kept == 1
+    from harness.summary import print_job_summary
+
+    print_job_summary(again)
+    printed = capsys.readouterr().out
+    assert "1 of the rows already there failed" in printed and "retry_failed=true" in printed
+    monkeypatch.undo()
+    retried = run_job(config(tmp_path, "method=origin", "retry_failed=true"))
+    assert retried.counts == {"ok": 1, "oom": 0, "error": 0, "skipped": 3, "busy": 0} and retried.failed_kept == 0
+    # the file is append-only (the failed attempt stays on record), every reader sees one row per sample
+    assert retried.path.read_text().count("\n") == 1 + 5
+    frame = rows(retried)
+    assert len(frame) == 4 and (frame["status"] == "ok").all() and not frame.duplicated(["length", "sample"]).any()
+    assert len(collect(tmp_path, tmp_path / "all.csv")) == 4
+    from harness.results import read_rows
+
+    assert len(read_rows(retried.path)) == 4  # a job's own CSV given to compare or plots
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    assert run_job(config(tmp_path, "method=origin", "retry_failed=true")).counts["skipped"] == 4
+
+
+def test_a_retry_that_is_killed_leaves_the_failed_row_and_one_that_fails_again_replaces_it(tmp_path, monkeypatch):
+    from tasks.passkey import PasskeyTask
+
+    cfg = config(tmp_path, "method=origin", "task.lengths=[300]")
+    monkeypatch.setattr(PasskeyTask, "evaluate", _fail_sample(0, "first"))
+    path = run_job(cfg).path
+    before = path.read_bytes()
+
+    def killed(self, model, task_input):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "retry_failed=true"))
+    assert path.read_bytes() == before
+    monkeypatch.setattr(PasskeyTask, "evaluate", _fail_sample(0, "second"))
+    again = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "retry_failed=true"))
+    assert again.counts["error"] == 1
+    frame = rows(again)
+    assert len(frame) == 2 and list(frame.loc[frame["sample"] == 0, "message"]) == ["second"]
+
+
+def test_a_whole_length_that_failed_is_replaced_by_its_retry(tmp_path, monkeypatch):
+    from tasks.hidden import HiddenStateTask
+
+    def hidden(*extra):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=["model=tiny-random", "task=hidden", "task.lengths=[200]",
+                                                "task.positions=4", "task.top_dims=1", f"results_dir={tmp_path}", *extra])
+
+    real = HiddenStateTask.evaluate_length
+    monkeypatch.setattr(HiddenStateTask, "evaluate_length", lambda self, model, length: 1 / 0)
+    failed = run_job(hidden())
+    assert failed.counts["error"] == 1 and list(rows(failed)["sample"]) == [-1]
+    monkeypatch.setattr(HiddenStateTask, "evaluate_length", real)
+    assert run_job(hidden()).failed_kept == 1
+    retried = run_job(hidden("retry_failed=true"))
+    frame = rows(retried)
+    assert retried.counts["ok"] == len(frame) > 0 and (frame["status"] == "ok").all() and -1 not in set(frame["sample"])
+
+
+def test_retry_failed_must_be_a_boolean(tmp_path):
+    with pytest.raises(HarnessError, match="^retry_failed must be true or false"):
+        run_job(config(tmp_path, "method=origin", "retry_failed=maybe"))
+
+
+def test_a_cpu_allocation_failure_is_recorded_as_oom(tmp_path, monkeypatch):
+    import torch
+
+    from tasks.passkey import PasskeyTask
+
+    def allocate_too_much(self, model, task_input):
+        torch.empty(1 << 60, dtype=torch.uint8)  # "DefaultCPUAllocator: can't allocate memory", a RuntimeError
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", allocate_too_much)
+    summary = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1"))
+    assert summary.counts["oom"] == 1
+    assert "can't allocate memory" in rows(summary)["message"].iloc[0]

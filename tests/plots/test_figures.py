@@ -42,7 +42,9 @@ def test_missing_method_is_listed_and_oom_cells_marked(tmp_path):
     fig = _figure_of(lambda frame, out: plot_task(frame, "passkey", out), table(tasks=("passkey",)), tmp_path)
     tiny = [ax for ax in fig.axes if "tiny-random" in ax.get_title()][0]
     smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
-    assert "ReRoPE (no data)" in tiny.get_legend_handles_labels()[1]
+    labels = [t.get_text() for t in tiny.get_legend().get_texts()]
+    assert "no rows: ReRoPE" in labels and not any("no data" in label for label in labels)  # one line, not one per method
+    assert "no rows" not in " ".join(t.get_text() for t in smol.get_legend().get_texts())
     assert any(t.get_text() == "OOM" for t in smol.texts)
     assert any("training length (8192)" in label for label in smol.get_legend_handles_labels()[1])
 
@@ -51,6 +53,15 @@ def test_speed_and_heatmap_handle_failures(tmp_path):
     frame = table(tasks=("speed",), models=("smollm2-135m",))
     assert plot_task(frame, "speed", tmp_path)
     assert plot_heatmaps(frame, tmp_path)
+
+
+def test_speed_legend_has_one_entry_per_method_and_one_line_for_those_without_rows(tmp_path):
+    frame = table(tasks=("speed",))  # no ReRoPE rows for tiny-random
+    fig = _figure_of(lambda f, out: plot_task(f, "speed", out), frame, tmp_path)
+    memory = [ax for ax in fig.axes if ax.get_title() == "Memory and prefill latency: tiny-random"][0]
+    labels = [t.get_text() for t in memory.get_legend().get_texts()]
+    assert labels == ["Origin", "Mesa", "no rows: ReRoPE"]  # was: a "memory" and a "prefill" entry each, "(no data)"s
+    assert len(memory.patches) == 2 * 3  # bars only for the methods with rows, no empty slot for ReRoPE
 
 
 def test_tasks_without_rows_draw_nothing(tmp_path):
@@ -86,6 +97,23 @@ def test_figures_are_written_next_to_their_rows(tmp_path):
     assert plots_main(["--results", str(rows / "all.csv")]) == 0
     assert (rows / "figures" / "passkey_accuracy.png").is_file()
     assert "from `../all.csv`" in (rows / "figures" / "index.md").read_text()
+
+
+def test_a_results_directory_is_accepted_as_collect_and_compare_accept_it(tmp_path):
+    """``--results <dir>`` used to say that an existing results directory "does not exist"."""
+    job = tmp_path / "res" / "runs" / "passkey" / "smollm2-135m"
+    job.mkdir(parents=True)
+    table(tasks=("passkey",), models=("smollm2-135m",)).to_csv(job / "origin-0123456789.csv", index=False)
+    assert plots_main(["--results", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "res" / "figures" / "passkey_accuracy.png").is_file()
+
+
+def test_help_names_the_command(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit:
+        plots_main(["--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m plots ")
 
 
 def test_wilson_interval():
@@ -160,6 +188,81 @@ def test_eager_rows_are_their_own_series():
     assert (series[series["method"] == "origin"]["prefill_s"] < 99).all()
     assert style("origin (eager)")["label"] == "Origin (eager attention)"
     assert series_by_attention(table()).equals(table())  # rows without the column are left alone
+
+
+NINE = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "streaming-llm", "lm-infinite", "self-extend", "yarn"]
+
+
+def nine_methods() -> pd.DataFrame:
+    """Passkey rows of the nine methods at the committed reproduction's lengths (12k and 16k are close on log2)."""
+    rng = np.random.default_rng(1)
+    rows = [dict(task="passkey", model="smollm2-135m", method=method, metric="accuracy", length=length, sample=sample,
+                 status="ok", score=float(rng.random() < 0.6))
+            for method in NINE for length in (4096, 8192, 12288, 16384) for sample in range(10 if length > 8192 else 2)]
+    return pd.DataFrame(rows)
+
+
+def _overlaps(boxes) -> list:
+    return [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]
+
+
+def test_accuracy_with_nine_methods_is_readable(tmp_path):
+    """The committed figure had its plot in ~40% of the width beside the legend, "12k16k" and "n=10n=10"
+    running together, and nine error bars on top of each other at each length."""
+    from matplotlib.container import ErrorbarContainer
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _figure_of(lambda f, out: plot_task(f, "passkey", out), nine_methods(), tmp_path)
+    canvas = FigureCanvasAgg(fig)  # the figure was closed after saving
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = [a for a in fig.axes if a.get_title().startswith("Passkey")][0]
+    assert ax.get_window_extent().width > 0.75 * fig.bbox.width
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 < ax.get_window_extent().y0 and legend.width <= ax.get_window_extent().width  # under the panel
+    ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    counts = [t.get_window_extent(renderer) for child in ax.child_axes for t in child.get_xticklabels()]
+    assert len(ticks) == len(counts) == 4 and not _overlaps(ticks) and not _overlaps(counts)
+    # at every length the nine error bars stand apart: neighbours further apart than their caps are wide
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 9
+    x = np.array([ax.transData.transform(np.c_[np.asarray(c.lines[0].get_xdata(), float),
+                                               np.asarray(c.lines[0].get_ydata(), float)])[:, 0] for c in bars])
+    cap = max(line.get_markersize() for c in bars for line in c.lines[1]) * fig.dpi / 72
+    assert (np.diff(x, axis=0) > cap).all()
+    assert (x[-1, :-1] < x[0, 1:]).all()  # and the groups of neighbouring lengths do not mix
+
+
+def test_hidden_state_legend_lists_every_method_of_every_panel(tmp_path):
+    from plots.figures import plot_hidden_curves
+    from tasks.hidden import HiddenStateTask
+
+    rows = []
+    for dim, methods in ((1, ["origin", "rerope"]), (2, ["origin", "mesa"])):  # the first panel has no Mesa
+        for method in methods:
+            rows += [dict(task="hidden", model="m", method=method, length=256, status="ok", layer=0, dim=dim,
+                          position=p, score=float(p) / 100, threshold=1.27, train_length=128, sample=p)
+                     for p in range(0, 256, 8)]
+    figure = HiddenStateTask.figures[0]
+    fig = _figure_of(lambda f, out: plot_hidden_curves(f, "hidden", figure, out), pd.DataFrame(rows), tmp_path)
+    legend = fig.axes[0].get_legend() or fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:3] == ["Origin", "ReRoPE", "Mesa"] and "x: first crossing past T" in labels
+
+
+def test_depth_map_has_a_colour_bar_length_labels_and_says_what_grey_means(tmp_path):
+    from plots.figures import plot_depth_map
+    from tasks.passkey import PasskeyTask
+
+    frame = nine_methods().assign(depth=lambda r: (r["sample"] % 5) / 4)
+    depth_figure = [f for f in PasskeyTask.figures if f.kind == "depth_map"][0]
+    fig = _figure_of(lambda f, out: plot_depth_map(f, "passkey", depth_figure, out), frame, tmp_path)
+    colorbar = [ax for ax in fig.axes if "grey = no rows" in ax.get_ylabel()]
+    assert len(colorbar) == 1
+    panels = [ax for ax in fig.axes if ax.get_title().endswith("smollm2-135m")]
+    assert len(panels) == 9
+    assert {ax.get_xlabel() for ax in panels[4:]} == {"input length (tokens; k = 1024)"}  # the lowest of each column
 
 
 def test_depth_map_counts_retrievals_per_depth_bin_and_length(tmp_path):

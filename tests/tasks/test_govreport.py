@@ -48,6 +48,23 @@ def test_bad_dataset_settings_are_one_line():
         task(data_files=str(DATA.with_name("missing.jsonl"))).build_input(300, 0)
 
 
+def test_without_the_hub_the_error_points_to_the_local_jsonl_option(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):  # what datasets raises with no network
+        raise ConnectionError("Couldn't reach 'ccdv/govreport-summarization' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    hub = govreport.GovReportTask([300], 1, TOKENIZER, dataset=dict(path="ccdv/govreport-summarization"))
+    with pytest.raises(HarnessError, match=r"^cannot load dataset ccdv/govreport-summarization: Couldn't reach .*; "
+                                           r"without the Hub, use a local JSONL copy: task.dataset.path=json "
+                                           r"task.dataset.data_files=.* task.dataset.split=train$"):
+        hub.build_input(300, 0)
+    with pytest.raises(HarnessError) as local:  # a local copy that fails needs no pointer to itself
+        task().build_input(300, 0)
+    assert "without the Hub" not in str(local.value)
+
+
 def test_rouge():
     same = govreport.rouge("the department agreed with the recommendations",
                            "the department agreed with the recommendations")

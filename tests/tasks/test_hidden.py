@@ -95,6 +95,31 @@ def test_bad_settings_are_one_line():
         task(layers=[], top_dims=2)
 
 
+@pytest.mark.parametrize("layers", [[99], [2], [0, -3]])
+def test_a_layer_the_model_does_not_have_is_refused_not_wrapped_around(layers):
+    """The tiny model has 2 layers: 99 used to record layer 99 % 2 = 1 as if it were asked for."""
+    model = tiny_model()
+    with pytest.raises(HarnessError, match=r"^task.layers \[.*\] out of range: the model has 2 decoder layers"):
+        task(layers=layers).check_model(model)
+    with pytest.raises(HarnessError, match="out of range"):
+        task(layers=layers).evaluate_length(model, 400)
+    task(layers=[0, 1, -1, -2]).check_model(model)
+
+
+def test_a_job_asking_for_a_layer_the_model_lacks_writes_nothing(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from harness.runner import run_job
+    from tests.test_runner import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny-random", "task=hidden", "task.lengths=[200]", "task.layers=[99]",
+                                           f"results_dir={tmp_path}"])
+    with pytest.raises(HarnessError, match="task.layers \\[99\\] out of range"):
+        run_job(cfg)
+    assert not list(tmp_path.glob("runs/**/*.csv"))
+
+
 def test_figure_and_prediction_table(tmp_path):
     from plots.figures import build_all
 
