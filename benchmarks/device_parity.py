@@ -65,6 +65,7 @@ def run(model, ids, steps: int, tokens=None):
 
 
 def main() -> int:
+    from harness.errors import UnsupportedModelError
     from harness.methods import method_names
 
     methods = method_names()
@@ -104,6 +105,10 @@ def main() -> int:
                 expected, tokens = run(reference, ids, args.decode_steps)
                 on_device = build(args.model, method, implementation, args.device, args.override, weights_from=reference)
                 got, _ = run(on_device, ids, args.decode_steps, tokens)
+            except UnsupportedModelError as error:  # a pair the method refuses (e.g. YaRN on ALiBi): not a failure
+                rows.append(dict(base, step="prefill", status="unsupported", message=str(error)[:200]))
+                save()
+                continue
             except Exception as error:  # noqa: BLE001 - report every method, then fail
                 traceback.print_exc()
                 rows.append(dict(base, step="prefill", status="error", message=str(error).splitlines()[0][:200]))

@@ -133,7 +133,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
     lengths, samples = check_job(cfg, plan=True)  # the device is the one planned for, not this machine's
     path, _ = results_path(cfg)
-    done = ResultsFile(path, []).done()
+    done = ResultsFile(path, []).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
     task = get_class(task_params["_target_"])  # its facts are class methods: nothing is built

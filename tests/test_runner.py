@@ -353,3 +353,14 @@ def test_a_cpu_allocation_failure_is_recorded_as_oom(tmp_path, monkeypatch):
     summary = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1"))
     assert summary.counts["oom"] == 1
     assert "can't allocate memory" in rows(summary)["message"].iloc[0]
+
+
+def test_plan_with_retry_failed_lists_the_failed_samples_as_to_run(tmp_path, monkeypatch):
+    from harness.plan import plan_job
+    from tasks.passkey import PasskeyTask
+
+    monkeypatch.setattr(PasskeyTask, "evaluate", _fail_sample(1))
+    run_job(config(tmp_path, "method=origin"))
+    monkeypatch.undo()
+    assert sum(c.to_run for c in plan_job(config(tmp_path, "method=origin")).cells) == 0
+    assert sum(c.to_run for c in plan_job(config(tmp_path, "method=origin", "retry_failed=true")).cells) == 1
