@@ -28,9 +28,9 @@ bench: $(STAMP)  ## prefill/decode time and peak memory of every method at 4k/8k
 	$(PYTHON) benchmarks/bench_methods.py
 
 # The GPU machine has torch and transformers 5.17 but not hydra-core, omegaconf or antlr4 (an sdist only):
-# wheels for them (and transformers 5.25, the version tested here) go to benchmarks/wheels/ (~14 MB).
+# wheels for them (and transformers 5.24: 5.25 needs a newer huggingface-hub than that machine has) go to benchmarks/wheels/ (~14 MB).
 gpu-wheels:
-	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.25.0
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d benchmarks/wheels hydra-core==1.3.8 omegaconf==2.3.1 transformers==5.24.0
 	$(PYTHON) -m pip wheel --quiet --no-deps -w benchmarks/wheels antlr4-python3-runtime==4.9.3
 
 gpu-check:  ## on a GPU machine: the 7B-shape speed sweep to 64k, one row per model family, device parity; rows in $GPU_CHECK_OUT (< 10 min)

@@ -146,3 +146,49 @@ def test_stock_longrope_cached_decoding_across_the_switch_does_not():
     before, after = slice(0, 5), slice(5, None)  # sequences of 60..64 tokens, then 65..72
     torch.testing.assert_close(steps[before], recomputed[before], atol=1e-4, rtol=1e-4)
     assert (steps[after] - recomputed[after]).abs().max() > 1e-2
+
+
+def test_the_docs_architecture_table_names_every_entry():
+    text = (ROOT / "docs" / "methods.md").read_text()
+    section = text[text.index("## Architectures"):text.index("## Methods and tasks describe themselves")]
+    assert all(f"`{model_type}`" in section for model_type in ARCHITECTURES)
+
+
+# -- the paper's other families through the command line: plan mode, and a run at a reduced shape
+SMALL_SHAPES = {
+    "pythia-6.9b": ["model.architecture.num_hidden_layers=1", "model.architecture.hidden_size=256",
+                    "model.architecture.num_attention_heads=2", "model.architecture.intermediate_size=512"],
+    "phi3-mini-128k": ["model.architecture.num_hidden_layers=1", "model.architecture.hidden_size=192",
+                       "model.architecture.num_attention_heads=2", "model.architecture.num_key_value_heads=2",
+                       "model.architecture.intermediate_size=512"],  # head_dim stays 96: 48 LongRoPE factors
+    "mpt-7b": ["model.architecture.n_layers=1", "model.architecture.d_model=256", "model.architecture.n_heads=4"],
+}
+
+
+def _harness(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+@pytest.mark.parametrize("model", list(SMALL_SHAPES))
+def test_each_family_plans_at_full_size_and_runs_mesa_at_a_reduced_shape(model, tmp_path):
+    common = [f"model={model}", "model.random_weights=true", "method=mesa", "task=speed", "task.lengths=[4096]",
+              f"results_dir={tmp_path}"]
+    plan = _harness(*common, "plan=true", cwd=ROOT)
+    assert plan.returncode == 0 and "Traceback" not in plan.stderr, plan.stderr
+    assert "est. peak GiB" in plan.stdout and "?" not in plan.stdout.splitlines()[2]
+    run = _harness(*common, "task.decode_steps=2", *SMALL_SHAPES[model], cwd=ROOT)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "1 ok" in run.stdout
+
+
+@pytest.mark.parametrize("model,method", [("mpt-7b", "yarn"), ("phi3-mini-128k", "dynamic-ntk")])
+def test_a_refused_pair_is_one_line_and_exit_2_in_plan_mode(model, method, tmp_path):
+    result = _harness(f"model={model}", "model.random_weights=true", f"method={method}", "task=speed",
+                      f"results_dir={tmp_path}", "plan=true", cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        next(line for line in result.stderr.splitlines() if line.startswith("error:"))]
