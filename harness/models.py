@@ -39,16 +39,13 @@ from urllib.parse import urlparse
 import torch
 
 from harness.architectures import DEFAULT_MODEL_TYPE, context_length
+from harness.constants import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION, DTYPES, PROMPT_TEMPLATES
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError, ModelNotAvailableError
+from harness.validation import require_integer
 
 SOURCES = ("gguf_package", "hf", "random")
-PROMPT_TEMPLATES = ("raw", "chat", "llama2", "vicuna")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# transformers' attention implementations the methods support. sdpa: torch's fused kernels (the weave
-# methods use fused kernels too); eager: explicit scores (Origin's L x L matrix, as in the paper's
-# baseline; the weave methods use their explicit, blocked kernels).
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 # torch SDPA backends by name, for model.decode_sdpa_backends.
 SDPA_BACKENDS = ("flash_attention", "efficient_attention", "math", "cudnn_attention")
 
@@ -77,7 +74,7 @@ def load_model(model_cfg: Mapping, device: str = "cpu", dtype: str | torch.dtype
     cfg = _as_dict(model_cfg)
     _check_config(cfg)
     torch_dtype = _torch_dtype(dtype)
-    attn = cfg.get("attn_implementation") or "sdpa"
+    attn = cfg.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION
 
     device_map = _device_map(cfg)
     if device_map is not None:  # built in one piece on the CPU, then spread over the devices
@@ -190,10 +187,7 @@ def _check_config(cfg: dict) -> None:
         raise HarnessError(f"model {name!r}: source must be one of {', '.join(SOURCES)}, got {cfg.get('source')!r}")
     if "train_length" not in cfg:
         raise HarnessError(f"model {name!r}: config has no 'train_length' (use null to take max_position_embeddings)")
-    train_length = cfg["train_length"]
-    positive_int = isinstance(train_length, int) and not isinstance(train_length, bool) and train_length > 0
-    if train_length is not None and not positive_int:
-        raise HarnessError(f"model {name!r}: train_length must be a positive integer or null, got {train_length!r}")
+    require_integer(cfg["train_length"], f"model {name!r}: train_length", nullable=True)
     template = cfg.get("prompt_template") or "raw"
     if template not in PROMPT_TEMPLATES:
         raise HarnessError(
@@ -201,7 +195,7 @@ def _check_config(cfg: dict) -> None:
         )
     if cfg["source"] == "hf" and not (cfg.get("hf_id") or cfg.get("local_path")):
         raise HarnessError(f"model {name!r}: source 'hf' needs hf_id or local_path")
-    attn = cfg.get("attn_implementation") or "sdpa"
+    attn = cfg.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION
     if attn not in ATTN_IMPLEMENTATIONS:
         raise HarnessError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}")
     backends = cfg.get("decode_sdpa_backends")
@@ -214,9 +208,9 @@ def _check_config(cfg: dict) -> None:
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
+    if dtype not in TORCH_DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    return TORCH_DTYPES[dtype]
 
 
 def _train_length(cfg: dict, config) -> int:
@@ -251,7 +245,7 @@ def _architecture_config(cfg: dict):
     return AutoConfig.for_model(model_type, **arch)
 
 
-def _build_random(cfg: dict, config, device: str, dtype: torch.dtype, attn: str = "sdpa") -> torch.nn.Module:
+def _build_random(cfg: dict, config, device: str, dtype: torch.dtype, attn: str = DEFAULT_ATTN_IMPLEMENTATION) -> torch.nn.Module:
     """Build the architecture with random weights drawn from a seeded generator.
 
     Weights are created directly on ``device`` in ``dtype`` so a 7B-shaped model never has to exist
@@ -395,7 +389,7 @@ def _first_line(error: BaseException) -> str:
 # The embedded GGUF model (source: gguf_package)
 
 
-def _load_gguf_package(cfg: dict, device: str, dtype: torch.dtype, attn: str = "sdpa"):
+def _load_gguf_package(cfg: dict, device: str, dtype: torch.dtype, attn: str = DEFAULT_ATTN_IMPLEMENTATION):
     """Load the embedded model from the fp32 cache, converting the GGUF file into it on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

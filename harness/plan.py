@@ -30,6 +30,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from harness.architectures import Shape, architecture_for, context_length, rope_kind
+from harness.constants import DEFAULT_ATTN_IMPLEMENTATION, DTYPE_BYTES
 from harness.job import check_job, results_path
 from harness.results import ResultsFile
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from harness.methods import Method
 
 GIB = 2**30
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass
@@ -103,7 +103,7 @@ def shape_of(config: dict) -> Shape:
 
 
 def estimate_memory(shape: Shape, method: Method, length: int, new_tokens: int, logits_positions: int, dtype: str,
-                    attn_implementation: str = "sdpa") -> dict[str, float]:
+                    attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION) -> dict[str, float]:
     """Estimated peak memory (GiB) of one sample of ``length`` input tokens and ``new_tokens``
     generated ones, by part; the task holds ``logits_positions`` positions' logits at once."""
     b = DTYPE_BYTES.get(dtype, 4)
@@ -154,7 +154,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
             n_done = sum((length, i) in done for i in range(samples))
         tokens = task.prompt_tokens(length, task_params)
         memory = estimate_memory(shape, method, tokens, new_tokens, task.logits_positions(task_params), cfg.dtype,
-                                 model_cfg.get("attn_implementation") or "sdpa") if shape else {}
+                                 model_cfg.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION) if shape else {}
         cells.append(CellPlan(length, samples, n_done, tokens, new_tokens, memory))
     notes = []
     if task.length_unit != "tokens":

@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.validation import require_integer
+
 
 @dataclass(frozen=True)
 class TaskInput:
@@ -195,14 +197,8 @@ class Task:
 def check_integer(params: dict, key: str, minimum: int = 1) -> None:
     """One line (a HarnessError) unless ``params[key]``, when given, is an integer >= ``minimum``;
     for a task's :meth:`Task.check_params`."""
-    from harness.errors import HarnessError
-
-    if key not in params:
-        return
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise HarnessError(f"task.{key} must be {wanted}, got {value!r}")
+    if key in params:
+        require_integer(params[key], f"task.{key}", minimum)
 
 
 def greedy_generate(model: torch.nn.Module, input_ids: list[int], max_new_tokens: int, eos_token_id=None) -> list[int]:

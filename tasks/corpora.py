@@ -33,6 +33,7 @@ from typing import Any
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
+from harness.validation import require_integer
 
 SOURCES = ("local", "hf")
 _KEYS = {
@@ -67,9 +68,7 @@ def check_corpus(corpus: Mapping[str, Any]) -> dict[str, Any]:
                            f"accepted: {', '.join(sorted(_KEYS[source]))}")
     if not corpus.get("path"):
         raise HarnessError(f"task.corpus.path is required for source {source!r}")
-    limit = corpus.get("max_documents")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise HarnessError(f"task.corpus.max_documents must be a positive integer or null, got {limit!r}")
+    require_integer(corpus.get("max_documents"), "task.corpus.max_documents", nullable=True)
     if source == "local":
         directory = resolve_path(corpus["path"])
         if not directory.is_dir():

@@ -48,6 +48,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.results import input_hash
+from harness.validation import is_integer, require_integer
 from tasks.base import Task
 
 INSTALL = "task 'lm-eval' needs lm-evaluation-harness, an optional extra: pip install -e '.[lm-eval]'"
@@ -180,7 +181,7 @@ class LmEvalTask(Task):
         """task.limit documents of each named lm-eval task (0: all of them, not known before lm-eval loads them)."""
         limit = params.get("limit")
         tasks = _task_list(params.get("tasks") or [])
-        return limit * len(tasks) if isinstance(limit, int) and not isinstance(limit, bool) else 0
+        return limit * len(tasks) if is_integer(limit) else 0
 
     @classmethod
     def generated_tokens(cls, params: dict) -> int:
@@ -220,13 +221,10 @@ class LmEvalTask(Task):
                 raise HarnessError(f"lm-eval task file {spec} does not exist (relative paths are relative to where "
                                    f"the command is started)")
         limit = params.get("limit")
-        if limit is not None and not ((isinstance(limit, int) and not isinstance(limit, bool) and limit > 0)
-                                      or (isinstance(limit, float) and 0 < limit < 1)):
+        if limit is not None and not (is_integer(limit, 1) or (isinstance(limit, float) and 0 < limit < 1)):
             raise HarnessError(f"task.limit must be null, a positive integer (documents per lm-eval task) or a "
                                f"fraction in (0, 1), got {limit!r}")
-        shots = params.get("num_fewshot")
-        if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
-            raise HarnessError(f"task.num_fewshot must be null or a non-negative integer, got {shots!r}")
+        require_integer(params.get("num_fewshot"), "task.num_fewshot", minimum=0, nullable=True)
         include = params.get("include_path")
         for path in [include] if isinstance(include, str) else include or []:
             if not Path(_resolve(path)).is_dir():

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-TEMPLATES = ("raw", "chat", "llama2", "vicuna")
+from harness.constants import PROMPT_TEMPLATES
 
 
 def format_prompt(template: str, tokenizer, text: str, question: str, answer_prefix: str = "") -> str:
@@ -24,7 +24,7 @@ def format_prompt(template: str, tokenizer, text: str, question: str, answer_pre
             [{"role": "user", "content": f"{text}\n{question}"}], tokenize=False, add_generation_prompt=True
         )
     else:
-        raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(TEMPLATES)}")
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(PROMPT_TEMPLATES)}")
     if not answer_prefix:
         return prompt
     return prompt + ("" if prompt.endswith((" ", "\n")) else " ") + answer_prefix

@@ -76,6 +76,14 @@ def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | No
     return model.eval()
 
 
+def model_config(name: str):
+    """conf/model/<name>.yaml as Hydra composes it (with conf/model_defaults.yaml under it), a DictConfig."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"model={name}"]).model
+
+
 def random_ids(length: int, seed: int = 1, vocab: int = 256) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (1, length), generator=generator)

@@ -106,7 +106,7 @@ def test_bad_job_settings_are_refused_by_run_and_plan(tmp_path, monkeypatch, ove
 @pytest.mark.parametrize("task,override,match", [
     ("speed", "task.repeats=0", r"^task.repeats must be a positive integer, got 0$"),
     ("speed", "task.repeats=1.5", r"^task.repeats must be a positive integer, got 1.5$"),
-    ("speed", "task.decode_steps=-1", r"^task.decode_steps must be an integer >= 0, got -1$"),
+    ("speed", "task.decode_steps=-1", r"^task.decode_steps must be a non-negative integer, got -1$"),
     ("speed", "task.warmup_tokens=0", r"^task.warmup_tokens must be a positive integer"),
     ("passkey", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer, got 0$"),
     ("longeval", "task.max_new_tokens=0", r"^task.max_new_tokens must be a positive integer"),

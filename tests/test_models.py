@@ -14,8 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from harness import models
 from harness.architectures import context_length
 from harness.byte_tokenizer import ByteTokenizer
+from harness.constants import ATTN_IMPLEMENTATIONS, PROMPT_TEMPLATES
 from harness.errors import HarnessError, ModelNotAvailableError
 from harness.models import LoadedModel, load_model
+from tests.conftest import model_config
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 REQUIRED_KEYS = ("name", "source", "hf_id", "local_path", "train_length", "prompt_template", "random_weights",
@@ -32,7 +34,7 @@ PUBLISHED_PARAMS = {"llama2-7b": 6.74, "open-llama-3b": 3.43, "vicuna-13b": 13.0
 
 
 def model_cfg(name: str):
-    return OmegaConf.load(MODEL_DIR / f"{name}.yaml")
+    return model_config(name)
 
 
 def tiny_logits(loaded: LoadedModel) -> torch.Tensor:
@@ -178,20 +180,31 @@ def test_random_weights_prefer_config_json_at_local_path(local_checkpoint):
 
 @pytest.mark.parametrize("path", sorted(MODEL_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_model_yaml_is_complete(path):
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg = OmegaConf.to_container(model_config(path.stem))
     assert set(REQUIRED_KEYS) <= set(cfg), f"missing {set(REQUIRED_KEYS) - set(cfg)}"
     assert cfg["name"] == path.stem
     assert cfg["source"] in models.SOURCES
     assert isinstance(cfg["train_length"], int) and cfg["train_length"] > 0
-    assert cfg["prompt_template"] in models.PROMPT_TEMPLATES
+    assert cfg["prompt_template"] in PROMPT_TEMPLATES
     if cfg["source"] == "gguf_package":
         assert cfg["gguf_file"].endswith(".gguf")
     if cfg["source"] == "hf":
         assert cfg["hf_id"] and cfg["architecture"]
     if cfg["architecture"]:
         assert context_length(cfg["architecture"]) >= cfg["train_length"]
-    assert cfg["attn_implementation"] in models.ATTN_IMPLEMENTATIONS
+    assert cfg["attn_implementation"] in ATTN_IMPLEMENTATIONS
     assert set(cfg["decode_sdpa_backends"] or []) <= set(models.SDPA_BACKENDS)
+
+
+def test_each_model_file_states_only_what_differs_from_the_shared_defaults():
+    """conf/model_defaults.yaml holds the settings models share; a model file restating one of them
+    with the same value is noise that drifts (the issue that moved them there)."""
+    shared = OmegaConf.to_container(OmegaConf.load(MODEL_DIR.parent / "model_defaults.yaml"))
+    for path in sorted(MODEL_DIR.glob("*.yaml")):
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        assert own.get("defaults") == ["/model_defaults@_here_", "_self_"], path.name
+        restated = [key for key, value in shared.items() if key in own and own[key] == value]
+        assert not restated, f"{path.name} restates {restated}"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
@@ -297,7 +310,7 @@ def test_device_map_does_not_change_where_results_go(tmp_path):
 
 
 def test_attn_implementation_is_applied_and_checked():
-    for implementation in models.ATTN_IMPLEMENTATIONS:
+    for implementation in ATTN_IMPLEMENTATIONS:
         cfg = dict(model_cfg("tiny-random"), attn_implementation=implementation)
         assert load_model(cfg).model.config._attn_implementation == implementation
     with pytest.raises(HarnessError, match="attn_implementation must be one of sdpa, eager"):

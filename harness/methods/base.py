@@ -32,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from harness.architectures import architecture_of, rope_kind
+from harness.constants import EAGER, SDPA
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods.method import Method
 from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
@@ -39,7 +40,7 @@ from harness.methods.rope import apply_rope_tables, logn_scale, rope_cos_sin
 ATTENTION_NAME = "harness_weave"
 
 # The model's attention implementation (as loaded) decides which kernels a weave method uses.
-KERNELS_OF_IMPLEMENTATION = {"sdpa": "fused", "eager": "explicit"}
+KERNELS_OF_IMPLEMENTATION = {SDPA: "fused", EAGER: "explicit"}
 # Room for this many more keys is allocated whenever a rotated-key buffer grows.
 _KEY_BUFFER_STEP = 256
 

@@ -19,6 +19,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.methods.method import RotaryMethod
 from harness.methods.rope import rope_cos_sin
+from harness.validation import is_number
 
 
 def dynamic_ntk_inv_freq(base: float, rotary_dim: int, length: int, train_length: int, factor: float,
@@ -63,7 +64,7 @@ class DynamicNTK(RotaryMethod):
 
     def __init__(self, train_length: int, factor: float = 2.0):
         super().__init__(train_length)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        if not is_number(factor) or factor < 1:
             raise HarnessError(f"dynamic-ntk factor must be >= 1, got {factor!r}")
         self.factor = float(factor)
 

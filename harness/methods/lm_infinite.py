@@ -43,12 +43,7 @@ import torch
 from harness.errors import HarnessError
 from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.lambda_shaped import LambdaShapedMethod
-
-
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise HarnessError(f"lm-infinite {what} must be a positive integer (or null), got {value!r}")
-    return value
+from harness.validation import require_integer
 
 
 class LMInfinite(LambdaShapedMethod):
@@ -63,10 +58,10 @@ class LMInfinite(LambdaShapedMethod):
     def __init__(self, train_length: int, n_global: int = 100, n_local: int | None = None,
                  distance_limit: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
-        self.n_global = _positive_int(n_global, "n_global")
-        self.n_local = _positive_int(train_length if n_local is None else n_local, "n_local")
-        self.distance_limit = _positive_int(self.n_local if distance_limit is None else distance_limit,
-                                            "distance_limit")
+        self.n_global = require_integer(n_global, f"{self.name} n_global")
+        self.n_local = require_integer(train_length if n_local is None else n_local, f"{self.name} n_local", nullable=True)
+        self.distance_limit = require_integer(self.n_local if distance_limit is None else distance_limit,
+                                              f"{self.name} distance_limit", nullable=True)
         if self.distance_limit > self.n_local:
             raise HarnessError(f"lm-infinite distance_limit ({self.distance_limit}) must not exceed n_local "
                                f"({self.n_local}): every global pair is at least n_local apart")

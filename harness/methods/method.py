@@ -27,6 +27,7 @@ from torch import nn
 
 from harness.architectures import architecture_of, model_type_of, rope_kind
 from harness.errors import HarnessError, UnsupportedModelError
+from harness.validation import require_integer
 
 # "exact": decoding with the KV cache gives the logits of recomputing the whole sequence;
 # "approximate": it does not, by construction (the class docstring says why).
@@ -67,9 +68,7 @@ class Method(ABC):
         METHODS[cls.name] = cls
 
     def __init__(self, train_length: int):
-        if isinstance(train_length, bool) or not isinstance(train_length, int) or train_length <= 0:
-            raise HarnessError(f"train_length must be a positive integer, got {train_length!r}")
-        self.train_length = train_length
+        self.train_length = require_integer(train_length, "train_length")
 
     @classmethod
     def parameters(cls) -> dict[str, object]:

@@ -42,6 +42,7 @@ import torch
 from harness.errors import HarnessError
 from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.near_far import NearFarMethod
+from harness.validation import require_integer
 
 
 class SelfExtend(NearFarMethod):
@@ -57,11 +58,8 @@ class SelfExtend(NearFarMethod):
     def __init__(self, train_length: int, group_size: int = 8, window: int = 1024,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
-        for what, value in dict(group_size=group_size, window=window).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise HarnessError(f"self-extend {what} must be a positive integer, got {value!r}")
-        self.group_size = group_size
-        self.window = window
+        self.group_size = require_integer(group_size, f"{self.name} group_size")
+        self.window = require_integer(window, f"{self.name} window")
         self.block_bytes = block_bytes
 
     def far_query_positions(self, query_index, length):

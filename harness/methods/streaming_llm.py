@@ -44,6 +44,7 @@ from __future__ import annotations
 from harness.errors import HarnessError
 from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.lambda_shaped import LambdaShapedMethod
+from harness.validation import require_integer
 
 
 class StreamingLLM(LambdaShapedMethod):
@@ -58,14 +59,8 @@ class StreamingLLM(LambdaShapedMethod):
     def __init__(self, train_length: int, sink: int = 4, window: int | None = None,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
-        if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
-            raise HarnessError(f"streaming-llm sink must be a non-negative integer, got {sink!r}")
-        if window is None:
-            window = train_length - sink
-        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-            raise HarnessError(f"streaming-llm window must be a positive integer (or null), got {window!r}")
-        self.sink = sink
-        self.window = window
+        self.sink = require_integer(sink, f"{self.name} sink", minimum=0)
+        self.window = require_integer(train_length - sink if window is None else window, f"{self.name} window", nullable=True)
         self.block_bytes = block_bytes
 
     @property

@@ -43,6 +43,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods.method import RotaryMethod
 from harness.methods.rope import rope_cos_sin
+from harness.validation import is_number
 
 CACHE_SIZE = 16  # frequency tables kept; dynamic decoding meets a new s at every step
 
@@ -83,10 +84,6 @@ class YaRNRotary(nn.Module):
         return cos.view(*position_ids.shape, -1), sin.view(*position_ids.shape, -1)
 
 
-def _number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
-
-
 class YaRN(RotaryMethod):
     """YaRN through transformers' rope_type "yarn"; ``factor`` None is Dynamic YaRN (s = max(1, L / T)).
 
@@ -103,12 +100,12 @@ class YaRN(RotaryMethod):
     def __init__(self, train_length: int, factor: float | None = None, beta_fast: float = 32.0,
                  beta_slow: float = 1.0, attention_factor: float | None = None):
         super().__init__(train_length)
-        if factor is not None and (not _number(factor) or factor < 1):
+        if factor is not None and (not is_number(factor) or factor < 1):
             raise HarnessError(f"yarn factor must be null (dynamic) or a number >= 1, got {factor!r}")
         # transformers reads beta_fast/beta_slow with "or 32"/"or 1": a zero would silently become the default
-        if not (_number(beta_fast) and _number(beta_slow) and beta_fast > beta_slow > 0):
+        if not (is_number(beta_fast) and is_number(beta_slow) and beta_fast > beta_slow > 0):
             raise HarnessError(f"yarn needs beta_fast > beta_slow > 0, got beta_fast={beta_fast!r}, beta_slow={beta_slow!r}")
-        if attention_factor is not None and (not _number(attention_factor) or attention_factor <= 0):
+        if attention_factor is not None and (not is_number(attention_factor) or attention_factor <= 0):
             raise HarnessError(f"yarn attention_factor must be null (0.1 ln s + 1) or a number > 0, got {attention_factor!r}")
         self.factor = None if factor is None else float(factor)
         self.beta_fast = float(beta_fast)

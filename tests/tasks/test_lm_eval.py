@@ -152,7 +152,7 @@ def test_an_unknown_lm_eval_task_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("task.limit=-1", "task.limit must be null, a positive integer"),
-    ("task.num_fewshot=x", "task.num_fewshot must be null or a non-negative integer"),
+    ("task.num_fewshot=x", "task.num_fewshot must be a non-negative integer or null"),
     ("task.tasks=[]", "task.tasks must be a list of lm-eval task names"),
     ("task.tasks=[nowhere/x.yaml]", "lm-eval task file nowhere/x.yaml does not exist"),
     ("task.include_path=nowhere", "task.include_path nowhere is not a folder"),
