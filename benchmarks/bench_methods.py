@@ -37,13 +37,15 @@ def method_params(name: str) -> dict:
 
 def run_cell(model_name: str, method: str, length: int, decode_steps: int, device: str, seed: int) -> dict:
     """One cell, measured by the speed task's own evaluate() (one prefill, then decode steps)."""
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
     from harness.methods import apply_method
     from harness.models import load_model
     from tasks.speed import SpeedTask
 
-    loaded = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"), device=device)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # with conf/model_defaults.yaml
+        model_cfg = compose("config", overrides=[f"model={model_name}"]).model
+    loaded = load_model(model_cfg, device=device)
     model = apply_method(loaded.model, method, **method_params(method))
     task = SpeedTask([length], 1, seed=seed, vocab_size=model.config.vocab_size, repeats=1,
                      decode_steps=decode_steps, warmup_tokens=256)
