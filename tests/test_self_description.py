@@ -194,3 +194,17 @@ def test_a_new_method_is_in_help_and_plan_mode_of_the_command_line(throwaway):
     planned = harness("model=tiny-random", "method=throwaway", "plan=true", f"results_dir={throwaway}/results")
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "plan: model=tiny-random method=throwaway task=passkey" in planned.stdout
+
+
+def test_the_docs_methods_table_has_one_row_per_method_with_its_parameters():
+    """docs/methods.md holds the methods table (the README links to it): one row per registered
+    method, naming each parameter the class takes."""
+    from harness.methods import METHODS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    table = text[text.index("| method | relative distance d becomes"):]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in table.split("\n\n")[0].splitlines()[2:]}
+    assert set(rows) == set(METHODS)
+    for name, cls in METHODS.items():
+        shown = [p for p in cls.parameters() if p not in ("train_length", "block_bytes")]
+        assert all(f"`{p}`" in rows[name] for p in shown), (name, shown)
