@@ -131,7 +131,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.cell:
-        print(json.dumps(run_cell(args.model, args.cell[0], int(args.cell[1]), args.decode_steps, args.device, args.seed)))
+        print(json.dumps(run_cell(args.model, args.cell[0], int(args.cell[1]), args.decode_steps, args.device,
+                                  args.seed)))
         return
 
     import torch

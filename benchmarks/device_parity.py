@@ -103,7 +103,8 @@ def main() -> int:
             try:
                 reference = build(args.model, method, implementation, "cpu", args.override)
                 expected, tokens = run(reference, ids, args.decode_steps)
-                on_device = build(args.model, method, implementation, args.device, args.override, weights_from=reference)
+                on_device = build(args.model, method, implementation, args.device, args.override,
+                                  weights_from=reference)
                 got, _ = run(on_device, ids, args.decode_steps, tokens)
             except UnsupportedModelError as error:  # a pair the method refuses (e.g. YaRN on ALiBi): not a failure
                 rows.append(dict(base, step="prefill", status="unsupported", message=str(error)[:200]))
@@ -119,10 +120,12 @@ def main() -> int:
                 diff = float((g - e).abs().max())
                 ok = diff <= args.atol
                 failed |= not ok
-                rows.append(dict(base, step="prefill" if step == 0 else f"decode{step}", status="ok" if ok else "mismatch",
-                                 max_abs_diff=diff, max_abs_logit=float(e.abs().max())))
+                rows.append(dict(base, step="prefill" if step == 0 else f"decode{step}",
+                                 status="ok" if ok else "mismatch", max_abs_diff=diff,
+                                 max_abs_logit=float(e.abs().max())))
             worst = max(r.get("max_abs_diff", 0.0) for r in rows[-len(got):])
-            print(f"{method:>13} {implementation:>5}: max |logits({args.device}) - logits(cpu)| = {worst:.2e}", flush=True)
+            print(f"{method:>13} {implementation:>5}: max |logits({args.device}) - logits(cpu)| = {worst:.2e}",
+                  flush=True)
             save()
     print(f"{'FAILED' if failed else 'ok'}: {len(rows)} rows -> {args.out}")
     return 1 if failed else 0

@@ -28,7 +28,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-
 # Set when Hydra has composed a run's or a sweep's config and starts it (in the process that called
 # Hydra): an exit status 1 from Hydra before that is its refusal of the command line (an override it
 # cannot parse or merge, a config that does not exist), which harness.cli reports as bad input (2).
@@ -108,7 +107,8 @@ class SweepSummary(Callback):
         if OmegaConf.select(config, "plan", default=False):  # plan=true: nothing ran
             todo, done = sum(j.get("planned", 0) for j in jobs), sum(j.get("done", 0) for j in jobs)
             tokens = sum(j.get("tokens", 0) for j in jobs)
-            print(f"\nplan: {len(jobs)} jobs, {todo} samples to run ({done} already done), {tokens:,} tokens; nothing was run")
+            print(f"\nplan: {len(jobs)} jobs, {todo} samples to run ({done} already done), {tokens:,} tokens; "
+                  "nothing was run")
             for j in invalid + crashed:
                 print(f"  invalid: {j['job']}: {j.get('invalid') or j.get('crashed')}")
             self._remove_sweep_dir()

@@ -59,7 +59,8 @@ def unknown_key_message(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
         return None
     single = []  # one job's overrides: a sweep's first value; Hydra's settings and glob() sweeps as they default
     for override in parsed:
-        if override.key_or_group.startswith("hydra") or override.value_type is not None and "GLOB" in override.value_type.name:
+        if (override.key_or_group.startswith("hydra")
+                or override.value_type is not None and "GLOB" in override.value_type.name):
             continue
         if override.is_sweep_override():
             single.append(f"{override.get_key_element()}={next(override.sweep_string_iterator())}")

@@ -72,7 +72,8 @@ def _config_error(error: OmegaConfBaseException) -> str:
     """OmegaConf's several-line message as one line: what is wrong, and the key."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
-    return f"config: {lines[0] if lines else type(error).__name__}" + (f" ({key})" if key and key not in lines[0] else "")
+    return (f"config: {lines[0] if lines else type(error).__name__}"
+            + (f" ({key})" if key and key not in lines[0] else ""))
 
 
 def results_dir_message(argv: list[str]) -> str | None:

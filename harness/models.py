@@ -39,8 +39,8 @@ from urllib.parse import urlparse
 import torch
 
 from harness.architectures import DEFAULT_MODEL_TYPE, context_length
-from harness.constants import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION, DTYPES, PROMPT_TEMPLATES
 from harness.byte_tokenizer import ByteTokenizer
+from harness.constants import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION, DTYPES, PROMPT_TEMPLATES
 from harness.errors import HarnessError, ModelNotAvailableError
 from harness.validation import require_integer
 
@@ -129,7 +129,8 @@ def _dispatch(model: torch.nn.Module, device_map, max_memory) -> torch.nn.Module
     from accelerate import dispatch_model, infer_auto_device_map
 
     if isinstance(device_map, str):
-        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
+        device_map = infer_auto_device_map(model, max_memory=max_memory,
+                                           no_split_module_classes=model._no_split_modules)
     return dispatch_model(model, device_map=device_map)
 
 
@@ -245,7 +246,8 @@ def _architecture_config(cfg: dict):
     return AutoConfig.for_model(model_type, **arch)
 
 
-def _build_random(cfg: dict, config, device: str, dtype: torch.dtype, attn: str = DEFAULT_ATTN_IMPLEMENTATION) -> torch.nn.Module:
+def _build_random(cfg: dict, config, device: str, dtype: torch.dtype,
+                  attn: str = DEFAULT_ATTN_IMPLEMENTATION) -> torch.nn.Module:
     """Build the architecture with random weights drawn from a seeded generator.
 
     Weights are created directly on ``device`` in ``dtype`` so a 7B-shaped model never has to exist
@@ -307,7 +309,8 @@ def _from_pretrained(path_or_id, load_options: dict, dtype: torch.dtype, local_f
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
-    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, local_files_only=local_files_only, **load_options)
+    model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, local_files_only=local_files_only,
+                                                 **load_options)
     return model, tokenizer
 
 

@@ -62,8 +62,9 @@ OWN_ARGUMENTS = {
     "use_cache": "lm-eval's response cache does not know the method",
 }
 OWN_MODEL_ARGUMENTS = {
-    "pretrained": "the harness's loaded model", "tokenizer": "the model's own", "max_length": "the length (task.lengths)",
-    "batch_size": "always 1 here", "max_batch_size": "always 1 here", "device": "use the harness's device=",
+    "pretrained": "the harness's loaded model", "tokenizer": "the model's own",
+    "max_length": "the length (task.lengths)", "batch_size": "always 1 here", "max_batch_size": "always 1 here",
+    "device": "use the harness's device=",
     "dtype": "use the harness's dtype=", "parallelize": "use model.device_map=auto", "backend": "always causal here",
 }
 # lm-eval's default seeds (simple_evaluate's defaults); the job's seed is added to each.
@@ -241,9 +242,10 @@ class LmEvalTask(Task):
                     raise HarnessError(f"task.{key}.{name} cannot be set here: {own[name]}")
                 if accepted is not None and (name not in accepted or name == "self" or
                                              accepted[name].kind is inspect.Parameter.VAR_KEYWORD):
-                    raise HarnessError(f"task.{key}.{name} is not an argument of lm-eval's "
-                                       f"{'simple_evaluate' if key == 'options' else 'HFLM'}; accepted: "
-                                       f"{', '.join(n for n in accepted if n not in own and n not in ('self', 'kwargs'))}")
+                    raise HarnessError(
+                        f"task.{key}.{name} is not an argument of lm-eval's "
+                        f"{'simple_evaluate' if key == 'options' else 'HFLM'}; accepted: "
+                        f"{', '.join(n for n in accepted if n not in own and n not in ('self', 'kwargs'))}")
 
     # -- the run ---------------------------------------------------------------------------------
     def __init__(self, *args, tasks=(), limit=None, num_fewshot=None, include_path=None, include_defaults: bool = True,
@@ -276,7 +278,8 @@ class LmEvalTask(Task):
         return metadata
 
     def _manager(self, length: int):
-        """lm-eval's TaskManager for this length's metadata (indexing lm-eval's own tasks takes seconds: kept per job)."""
+        """lm-eval's TaskManager for this length's metadata (indexing lm-eval's own tasks takes seconds:
+        kept per job)."""
         from lm_eval.tasks import TaskManager
 
         metadata = self._metadata(length)
@@ -316,4 +319,5 @@ class LmEvalTask(Task):
         rows = frame[(frame["sample"] == -1) & (frame["status"] == "ok")]
         if rows.empty:
             return None
-        return rows.pivot_table(index=["lm_eval_task", "metric"], columns="length", values="score", aggfunc="first").round(4)
+        return rows.pivot_table(index=["lm_eval_task", "metric"], columns="length", values="score",
+                                aggfunc="first").round(4)

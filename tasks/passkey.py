@@ -93,7 +93,8 @@ class PasskeyTask(Task):
                       "Passkey retrieval accuracy vs input length (paper Figure 3), log2 length axis; error bars = 95% "
                       "Wilson intervals; n above the panel = samples per method and length; dashed line = the model's "
                       "training length; x = a length where every sample failed (OOM/ERR)."),
-               Figure("passkey_depth", "depth_map", "Passkey retrieval by depth", "needle depth (fraction of the filler)",
+               Figure("passkey_depth", "depth_map", "Passkey retrieval by depth",
+                      "needle depth (fraction of the filler)",
                       "Passkey accuracy by needle depth (rows, five bins from the start of the filler to its end) and "
                       "input length (columns), one panel per method; each cell shows retrieved/samples, its colour the "
                       "accuracy (colour bar); grey = no rows at that depth and length."))

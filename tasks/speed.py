@@ -84,5 +84,6 @@ class SpeedTask(Task):
         return {
             "score": prefill_s, "prefill_s": prefill_s, "prefill_tokens_per_s": task_input.tokens / prefill_s,
             "decode_ms_per_token": 1000 * statistics.median(steps) if steps else None,
-            "peak_mb": max(peaks) / 2**20, "baseline_mb": baseline / 2**20, "decode_peak_mb": decode_peak / 2**20, "repeats": self.repeats,
+            "peak_mb": max(peaks) / 2**20, "baseline_mb": baseline / 2**20, "decode_peak_mb": decode_peak / 2**20,
+            "repeats": self.repeats,
         }

@@ -11,9 +11,8 @@ from transformers import DynamicCache
 from harness.architectures import ARCHITECTURES, architecture_of, rope_kind
 from harness.errors import UnsupportedModelError
 from harness.methods import METHODS, apply_method
-from harness.methods.method import decoder_of
-from harness.plan import shape_of
 from harness.methods.base import WeaveMethod
+from harness.plan import shape_of
 from tests.conftest import TINY_ARCHITECTURES, TINY_PARAMS, method_arch_pairs, random_ids, supports, tiny_model
 from tests.methods.test_attention import LargestTensor
 
@@ -99,7 +98,8 @@ LONGROPE_METHODS = [m for m in METHODS if supports(m, LONGROPE) and m != "origin
 def test_inside_the_window_a_method_equals_stock_longrope_in_both_regimes(method, length):
     """With windows and caches larger than the input, every method is the stock model: short
     factors up to the switch, long factors (and the same attention factor) beyond it."""
-    params = {k: (4 * length if k in ("window", "n_local", "last_chunk") else v) for k, v in TINY_PARAMS[method].items()}
+    params = {k: (4 * length if k in ("window", "n_local", "last_chunk") else v)
+              for k, v in TINY_PARAMS[method].items()}
     ids = random_ids(length)
     with torch.no_grad():
         expected = tiny_model(LONGROPE)(ids).logits

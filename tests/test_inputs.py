@@ -13,9 +13,9 @@ import torch
 from harness.choices import unknown_choice_message, unknown_key_message
 from harness.devices import check_device
 from harness.errors import HarnessError
+from harness.job import check_lengths
 from harness.plan import plan_job
 from harness.results import ResultsFile
-from harness.job import check_lengths
 from harness.runner import run_job
 from harness.summary import print_job_summary
 from tests.test_runner import config
@@ -122,7 +122,8 @@ def test_bad_task_parameters_are_refused_before_anything_runs(tmp_path, monkeypa
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("value,got", [("null", "got null"), ("''", "got an empty value"), ("' '", "got an empty value")])
+@pytest.mark.parametrize("value,got", [("null", "got null"), ("''", "got an empty value"),
+                                       ("' '", "got an empty value")])
 def test_results_dir_must_name_a_folder(tmp_path, monkeypatch, value, got):
     """null used to write ./None/runs/..., and an empty value ./runs/..."""
     monkeypatch.chdir(tmp_path)
@@ -133,8 +134,9 @@ def test_results_dir_must_name_a_folder(tmp_path, monkeypatch, value, got):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args", [["results_dir=null"], ["results_dir="], ["-m", "method=origin,mesa", "results_dir=null"],
-                                  ["-m", "results_dir=res,null"]], ids=["null", "empty", "sweep-null", "swept-null"])
+@pytest.mark.parametrize("args", [["results_dir=null"], ["results_dir="],
+                                  ["-m", "method=origin,mesa", "results_dir=null"], ["-m", "results_dir=res,null"]],
+                         ids=["null", "empty", "sweep-null", "swept-null"])
 def test_results_dir_null_or_empty_on_the_command_line(tmp_path, args):
     done = harness_cli("model=tiny-random", "task.samples=1", "task.lengths=300", *args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -186,7 +188,8 @@ def test_unknown_group_options_name_the_choices():
     assert "choose from: " in unknown_choice_message(["task=nosuch"])
     assert "llama2-7b" in unknown_choice_message(["model=nosuch"])
     assert "paper-gpu" in unknown_choice_message(["+experiment=nosuch"])
-    for fine in (["method=mesa", "task=ppl", "model=tiny-random"], ["-m", "method=origin,mesa", "+experiment=paper-gpu"],
+    for fine in (["method=mesa", "task=ppl", "model=tiny-random"],
+                 ["-m", "method=origin,mesa", "+experiment=paper-gpu"],
                  ["method.name=mesaa"], ["method=choice(origin,mesa)"], ["--cfg", "job"], ["-cd", "/x", "method=x"]):
         assert unknown_choice_message(fine) is None, fine
 
@@ -195,7 +198,8 @@ def test_unknown_keys_are_one_line():
     assert unknown_key_message(["task.nosuch=1"]) == ("error: task.nosuch is not a setting here (see them with --cfg "
                                                       "job); check the spelling, or add a new key with +task.nosuch=1")
     # inside a sweep, after a preset, or with Hydra's own flags around it
-    for argv in (["-m", "method=origin,mesa", "model.nosuch=2"], ["+experiment=smollm2-passkey-depth-cpu", "task.nosuch=1"],
+    for argv in (["-m", "method=origin,mesa", "model.nosuch=2"],
+                 ["+experiment=smollm2-passkey-depth-cpu", "task.nosuch=1"],
                  ["--cfg", "job", "method=glob(*)", "method.nosuch=1"]):
         assert unknown_key_message(argv).startswith("error: " + argv[-1].split("=")[0] + " is not a setting"), argv
     for fine in (["task.samples=3"], ["-m", "method=glob(*)", "task.samples=range(1,3)"], ["+task.newkey=1"],
@@ -225,8 +229,9 @@ def test_bad_input_on_the_command_line(tmp_path, args, first_words):
     assert not list(tmp_path.iterdir())  # no results folder, no Hydra outputs/ or multirun/
 
 
-@pytest.mark.parametrize("args", [["task.lengths=[1,"], ["hydra/launcher=nosuch"], ["-m", "method=origin", "task.lengths=[1,"],
-                                  ["hydra.job.chdir=maybe"]], ids=["unparsable", "no-launcher", "sweep", "bad-hydra-value"])
+@pytest.mark.parametrize("args", [["task.lengths=[1,"], ["hydra/launcher=nosuch"],
+                                  ["-m", "method=origin", "task.lengths=[1,"], ["hydra.job.chdir=maybe"]],
+                         ids=["unparsable", "no-launcher", "sweep", "bad-hydra-value"])
 def test_what_hydra_itself_refuses_is_bad_input_too(tmp_path, args):
     """Hydra says why (several lines) and used to exit with 1, the status of a failed sample."""
     done = harness_cli("model=tiny-random", *args, "results_dir=res", cwd=tmp_path)
@@ -235,7 +240,8 @@ def test_what_hydra_itself_refuses_is_bad_input_too(tmp_path, args):
 
 
 def test_a_config_value_that_cannot_be_resolved_is_one_line(tmp_path):
-    done = harness_cli("model=tiny-random", "model.train_length=${nosuch}", "plan=true", "results_dir=res", cwd=tmp_path)
+    done = harness_cli("model=tiny-random", "model.train_length=${nosuch}", "plan=true", "results_dir=res",
+                       cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr == "error: config: Interpolation key 'nosuch' not found (model.train_length)\n"
 

@@ -132,7 +132,8 @@ def test_missing_plugin_message():
                        "pip install -e '.[launchers]' (or pip install hydra-joblib-launcher)")
     slurm = missing_plugin_message(["hydra/launcher=slurm-gpu"], nothing_installed)
     assert slurm.startswith("error: launcher 'slurm-gpu' needs the hydra-submitit-launcher plugin")
-    assert missing_plugin_message(["hydra/launcher=ray"], nothing_installed).endswith(": pip install hydra-ray-launcher")
+    assert missing_plugin_message(["hydra/launcher=ray"], nothing_installed).endswith(
+        ": pip install hydra-ray-launcher")
     assert missing_plugin_message(["hydra/launcher=joblib"]) is None  # installed here (the dev extra)
     assert missing_plugin_message(["hydra/launcher=nope"], nothing_installed) is None
     check_launcher_plugins(["method=mesa"])  # no launcher asked for: nothing to check

@@ -29,7 +29,8 @@ def test_second_cpu_measurement_sees_memory_freed_by_the_first():
     assert peaks[0] > 60, peaks
     # Without the trim this reads a fraction of the first (checked by hand; how much depends on
     # the heap's state, so that direction is not a test of its own).
-    assert peaks[1] > 0.6 * peaks[0], f"second measurement read {peaks[1]:.0f} MB after {peaks[0]:.0f} MB: freed heap was reused"
+    assert peaks[1] > 0.6 * peaks[0], (f"second measurement read {peaks[1]:.0f} MB after {peaks[0]:.0f} MB: "
+                                       "freed heap was reused")
 
 
 def test_measure_times_the_work():

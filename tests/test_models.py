@@ -90,7 +90,8 @@ def test_invalid_train_length_is_rejected(bad):
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """A tiny word-level tokenizer trained on a few sentences (the Hub is unreachable here)."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
 
     tokenizer = Tokenizer(tok_models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -297,8 +298,8 @@ def test_device_map_on_random_weights_and_bad_values():
 
 
 def test_device_map_does_not_change_where_results_go(tmp_path):
-    from tests.test_runner import config
     from harness.job import results_path
+    from tests.test_runner import config
 
     plain = results_path(config(tmp_path, "method=origin"))
     mapped = results_path(config(tmp_path, "method=origin", "+model.device_map=auto", "+model.max_memory={cpu: 8GiB}"))

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("tied,kv_heads", [(False, 2), (True, 4)])
 def test_parameter_count_matches_transformers(tied, kv_heads):
-    arch = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=kv_heads,
-                head_dim=16, intermediate_size=96, tie_word_embeddings=tied)
+    arch = dict(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=kv_heads, head_dim=16, intermediate_size=96, tie_word_embeddings=tied)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch))
     assert shape_of(arch).parameters == sum(p.numel() for p in model.parameters())
 
@@ -65,9 +65,10 @@ def test_plan_counts_done_samples_and_loads_nothing(tmp_path, monkeypatch):
 
 
 def test_plan_on_the_command_line_runs_nothing(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harness", "-m", "model=tiny-random", "method=origin,mesa", "plan=true",
-                           "task.lengths=[300,400]", "task.samples=2", f"results_dir={tmp_path}",
-                           f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "harness", "-m", "model=tiny-random", "method=origin,mesa",
+                           "plan=true", "task.lengths=[300,400]", "task.samples=2", f"results_dir={tmp_path}",
+                           f"hydra.sweep.dir={tmp_path}/multirun"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     # 2 jobs x 2 samples x (300 + 400 + 2 x 8 new tokens)
     assert "plan: 2 jobs, 8 samples to run (0 already done), 2,864 tokens; nothing was run" in done.stdout

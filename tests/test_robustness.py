@@ -38,7 +38,7 @@ def wait_for_rows(results_dir: Path, at_least: int, timeout_s: float = 120) -> N
 
 
 def new_ok_rows(stdout: str) -> int:
-    line = next(l for l in stdout.splitlines() if l.startswith("rows: "))
+    line = next(out_line for out_line in stdout.splitlines() if out_line.startswith("rows: "))
     return int(line.split("(new: ")[1].split(" ok")[0])
 
 
@@ -60,7 +60,7 @@ def test_two_processes_writing_one_results_file_share_the_work(tmp_path):
 def test_a_sample_claimed_by_another_live_process_is_left_to_it(tmp_path):
     cfg = config(tmp_path, "method=origin")
     first = run_job(config(tmp_path, "method=origin", "task.lengths=[300]", "task.samples=1"))  # creates the file
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
         from harness.results import ResultsFile
         with ResultsFile(sys.argv[1], []) as results, results.claim(400, 1) as state:
@@ -145,8 +145,8 @@ def test_the_same_sweep_twice_gives_identical_rows_apart_from_timings(tmp_path):
 
 # -- (d) failures do not stop a sweep ---------------------------------------------------------
 def test_a_crashing_job_does_not_stop_the_sweep(tmp_path):
-    done = subprocess.run([*CLI[:3], "-m", *CLI[3:], "model.architecture.vocab_size=-1,256", "task.lengths=[300]", "task.samples=1",
-                           f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"],
+    done = subprocess.run([*CLI[:3], "-m", *CLI[3:], "model.architecture.vocab_size=-1,256", "task.lengths=[300]",
+                           "task.samples=1", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "sweep: 2 jobs, 1 new ok rows, 0 failed samples, 1 jobs not run" in done.stdout

@@ -323,7 +323,8 @@ def test_a_whole_length_that_failed_is_replaced_by_its_retry(tmp_path, monkeypat
     def hidden(*extra):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             return compose("config", overrides=["model=tiny-random", "task=hidden", "task.lengths=[200]",
-                                                "task.positions=4", "task.top_dims=1", f"results_dir={tmp_path}", *extra])
+                                                "task.positions=4", "task.top_dims=1", f"results_dir={tmp_path}",
+                                                *extra])
 
     real = HiddenStateTask.evaluate_length
     monkeypatch.setattr(HiddenStateTask, "evaluate_length", lambda self, model, length: 1 / 0)

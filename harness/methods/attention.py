@@ -115,7 +115,8 @@ def _fused_lse(query, key, value, scaling, causal):
         if kernel == "flash_cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scaling)
         elif kernel == "flash_cuda":
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scaling)[:2]
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False,
+                                                                          scale=scaling)[:2]
         else:
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
                 q, k, v, None, True, 0.0, causal, scale=scaling)[:2]

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
-
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from harness.architectures import architecture_of, rope_kind

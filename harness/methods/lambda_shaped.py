@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.methods.attention import global_keys_attention_with_lse, merge_by_lse, trailing_band_attention_with_lse
 from harness.methods.alibi import pair_distances
+from harness.methods.attention import global_keys_attention_with_lse, merge_by_lse, trailing_band_attention_with_lse
 from harness.methods.base import WeaveMethod
 
 

@@ -59,7 +59,8 @@ class LMInfinite(LambdaShapedMethod):
                  distance_limit: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
         self.n_global = require_integer(n_global, f"{self.name} n_global")
-        self.n_local = require_integer(train_length if n_local is None else n_local, f"{self.name} n_local", nullable=True)
+        self.n_local = require_integer(train_length if n_local is None else n_local, f"{self.name} n_local",
+                                       nullable=True)
         self.distance_limit = require_integer(self.n_local if distance_limit is None else distance_limit,
                                               f"{self.name} distance_limit", nullable=True)
         if self.distance_limit > self.n_local:

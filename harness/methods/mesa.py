@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
+from harness.methods.alibi import pair_distances
 from harness.methods.attention import (
     DEFAULT_BLOCK_BYTES,
     attention_with_lse,
@@ -55,7 +56,6 @@ from harness.methods.attention import (
     grouped_sdpa,
     merge_by_lse,
 )
-from harness.methods.alibi import pair_distances
 from harness.methods.base import WeaveMethod
 from harness.methods.rope import logn_scale
 
@@ -190,7 +190,8 @@ class Mesa(WeaveMethod):
         chunk's two parts; explicit kernels add the scores of one query block and their softmax."""
         per_token = shape.heads * shape.head_dim * dtype_bytes
         kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
-        return length * kv_per_token + 4 * length * per_token + (2 * self.block_bytes if attn_implementation == "eager" else 0)
+        return (length * kv_per_token + 4 * length * per_token
+                + (2 * self.block_bytes if attn_implementation == "eager" else 0))
 
     def plan(self, input_length: int) -> ChunkPlan:
         return mesa_chunk_plan(input_length, **self.plan_params)
@@ -346,7 +347,8 @@ class Mesa(WeaveMethod):
             return (k_idx % e)[None, :] < ((q_idx - n) % e)[:, None]
 
         return banded_two_rule_attention(
-            self.rope(query, query_index), self.rotated_keys(layer_idx, "near", key, key_index, decoding, layout="true"),
+            self.rope(query, query_index),
+            self.rotated_keys(layer_idx, "near", key, key_index, decoding, layout="true"),
             [self.rope(query, n + group), self.rope(query, n + group + 1)], [far_key, far_key],
             value, query_start, band=n + 1, scaling=scaling, far_select=above, block_bytes=self.block_bytes,
         )

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import torch
 
+from harness.methods.alibi import pair_distances
 from harness.methods.attention import (
     attention_with_lse,
     band_attention_with_lse,
     banded_two_rule_attention,
     merge_by_lse,
 )
-from harness.methods.alibi import pair_distances
 from harness.methods.base import WeaveMethod
 from harness.methods.rope import logn_scale
 

@@ -86,5 +86,6 @@ class LeakyReRoPE(ReRoPE):
         if leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
             raise HarnessError(f"leaky_k must be a number >= 1 or 'auto', got {leaky_k!r}")
         if leaky_k == "auto" and window >= train_length:
-            raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, train_length={train_length}")
+            raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, "
+                               f"train_length={train_length}")
         self.leaky_k = leaky_k

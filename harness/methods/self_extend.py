@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import torch
 
-from harness.errors import HarnessError
 from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.near_far import NearFarMethod
 from harness.validation import require_integer

@@ -41,7 +41,6 @@ between slots, with the query at the last one.
 
 from __future__ import annotations
 
-from harness.errors import HarnessError
 from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.lambda_shaped import LambdaShapedMethod
 from harness.validation import require_integer
@@ -60,7 +59,8 @@ class StreamingLLM(LambdaShapedMethod):
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
         self.sink = require_integer(sink, f"{self.name} sink", minimum=0)
-        self.window = require_integer(train_length - sink if window is None else window, f"{self.name} window", nullable=True)
+        self.window = require_integer(train_length - sink if window is None else window, f"{self.name} window",
+                                      nullable=True)
         self.block_bytes = block_bytes
 
     @property

@@ -104,9 +104,11 @@ class YaRN(RotaryMethod):
             raise HarnessError(f"yarn factor must be null (dynamic) or a number >= 1, got {factor!r}")
         # transformers reads beta_fast/beta_slow with "or 32"/"or 1": a zero would silently become the default
         if not (is_number(beta_fast) and is_number(beta_slow) and beta_fast > beta_slow > 0):
-            raise HarnessError(f"yarn needs beta_fast > beta_slow > 0, got beta_fast={beta_fast!r}, beta_slow={beta_slow!r}")
+            raise HarnessError(f"yarn needs beta_fast > beta_slow > 0, got beta_fast={beta_fast!r}, "
+                               f"beta_slow={beta_slow!r}")
         if attention_factor is not None and (not is_number(attention_factor) or attention_factor <= 0):
-            raise HarnessError(f"yarn attention_factor must be null (0.1 ln s + 1) or a number > 0, got {attention_factor!r}")
+            raise HarnessError("yarn attention_factor must be null (0.1 ln s + 1) or a number > 0, "
+                               f"got {attention_factor!r}")
         self.factor = None if factor is None else float(factor)
         self.beta_fast = float(beta_fast)
         self.beta_slow = float(beta_slow)
@@ -120,7 +122,8 @@ class YaRN(RotaryMethod):
         # Phi-3 keeps its pretraining length outside rope_parameters, and transformers prefers that one
         if hasattr(config, "original_max_position_embeddings"):
             config.original_max_position_embeddings = self.train_length
-        params = dict(model.config.rope_parameters, rope_type="yarn", original_max_position_embeddings=self.train_length,
+        params = dict(model.config.rope_parameters, rope_type="yarn",
+                      original_max_position_embeddings=self.train_length,
                       beta_fast=self.beta_fast, beta_slow=self.beta_slow, truncate=True)
         if self.attention_factor is not None:
             params["attention_factor"] = self.attention_factor

@@ -9,7 +9,8 @@ from harness.methods import METHODS, apply_method, method_parameters, remove_met
 from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, method_arch_pairs, random_ids, tiny_model
 
 
-@pytest.mark.parametrize("method,arch", method_arch_pairs([m for m, cls in METHODS.items() if cls.cached_decoding == "exact"]))
+@pytest.mark.parametrize("method,arch",
+                         method_arch_pairs([m for m, cls in METHODS.items() if cls.cached_decoding == "exact"]))
 def test_cached_decoding_equals_full_recomputation(method, arch):
     """Past the training length too, for every method that says so (ReRoPE's positions depend only
     on (t, j), so caching is exact). tests/test_architectures.py decodes across LongRoPE's switch."""

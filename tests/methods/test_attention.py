@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from harness.methods import METHODS
 from harness.methods.attention import (
     attention_with_lse,
     band_attention_with_lse,
@@ -11,7 +12,6 @@ from harness.methods.attention import (
     merge_by_lse,
     trailing_band_attention_with_lse,
 )
-from harness.methods import METHODS
 from harness.methods.base import WeaveMethod
 from tests.conftest import TINY_PARAMS, TRAIN_LENGTH
 from tests.methods.test_rerope import FULL_ROTARY, qkv
@@ -64,7 +64,8 @@ def test_trailing_band_attention(kernels, band, lq, lk):
 
 @pytest.mark.parametrize("kernels", ["fused", "explicit"])
 @pytest.mark.parametrize("sinks,band", [(1, 8), (4, 8), (4, 1), (6, 30)])
-@pytest.mark.parametrize("lq,lk", [(50, 50), (1, 50), (9, 50), (20, 40)], ids=["prefill", "decode", "continue", "ragged"])
+@pytest.mark.parametrize("lq,lk", [(50, 50), (1, 50), (9, 50), (20, 40)],
+                         ids=["prefill", "decode", "continue", "ragged"])
 def test_global_keys_and_band_merge_into_lambda_attention(kernels, sinks, band, lq, lk):
     """Band + the first S keys outside it, merged by LSE, is attention under the Lambda-shaped mask."""
     q, k, v = qkv(lq, lk)

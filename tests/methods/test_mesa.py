@@ -16,7 +16,6 @@ from tests.methods.reference import (
     reference_chunks,
     reference_rope_position,
 )
-
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, qkv
 
 TINY_MESA = tiny_params("mesa")  # Mesa's defaults are for T = 2048+; these fit T = 128
@@ -105,7 +104,8 @@ def _reference_rows(I, t_values, kv, C, logn=True, plan_length=None):
     """Per query: (query position, key indices, key positions, log-n factor) from the released code."""
     plan_length = plan_length or I
     F, E = TINY_MESA["first_chunk"], TINY_MESA["stair_width"]
-    chunks = reference_chunks(plan_length, F, C) if plan_length >= T - TINY_MESA["reserve_new_tokens"] else [(0, plan_length, "last")]
+    chunks = (reference_chunks(plan_length, F, C) if plan_length >= T - TINY_MESA["reserve_new_tokens"]
+              else [(0, plan_length, "last")])
     rows = []
     for t in t_values:
         begin, _, kind = next(c for c in chunks if c[0] <= t < c[1]) if t < plan_length else (None, None, "last")

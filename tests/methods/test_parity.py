@@ -75,5 +75,6 @@ def test_generate_works_for_every_method(arch):
         if not supports(method, arch):
             continue
         model = apply_method(tiny_model(arch), method, **TINY_PARAMS[method])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                             do_sample=False)
         assert out.shape == (1, ids.shape[1] + 5), method

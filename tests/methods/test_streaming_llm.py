@@ -31,7 +31,8 @@ def test_matches_naive_cache_positions(kernels, inv_freq, sink, window, lq, lk):
     method = bound(StreamingLLM(128, sink=sink, window=window, block_bytes=1), inv_freq, kernels)
     q, k, v = qkv(lq, lk)
     got = method.attend(0, q, k, v, 0.25)
-    expected = naive_positional_attention(q, k, v, 0.25, inv_freq, streaming_rows(torch.arange(lk - lq, lk), sink, window))
+    expected = naive_positional_attention(q, k, v, 0.25, inv_freq,
+                                          streaming_rows(torch.arange(lk - lq, lk), sink, window))
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 

@@ -104,7 +104,8 @@ def test_the_ramp_follows_the_code_not_the_papers_text():
         theta, code = paper_ramp(base, rotary_dim, train_length, ramp="code")
         same = text == code  # both 0 or both 1
         assert same.any() and not same.all()
-        torch.testing.assert_close(inv_freq[same], paper_yarn(base, rotary_dim, train_length, 4.0, ramp="paper")[0][same],
+        torch.testing.assert_close(inv_freq[same],
+                                   paper_yarn(base, rotary_dim, train_length, 4.0, ramp="paper")[0][same],
                                    rtol=1e-6, atol=0)
         assert (code - text).abs().max() > 0.3
 

@@ -126,7 +126,8 @@ def test_a_failing_run_is_one_error_row_for_its_length(tmp_path, monkeypatch, ca
     frame = rows(summary)
     assert summary.counts == {"ok": 0, "oom": 0, "error": 2, "skipped": 0, "busy": 0}
     assert list(zip(frame["length"], frame["sample"], frame["status"], frame["message"], frame["metric"])) == [
-        (256, -1, "error", "the dataset cannot be downloaded", "-"), (512, -1, "error", "the dataset cannot be downloaded", "-")]
+        (256, -1, "error", "the dataset cannot be downloaded", "-"),
+        (512, -1, "error", "the dataset cannot be downloaded", "-")]
     monkeypatch.undo()
     monkeypatch.setattr("harness.models.load_model", no_model)
     assert run_job(lm_config(tmp_path, "method=origin", "task.lengths=[256,512]")).counts["skipped"] == 2
@@ -171,7 +172,8 @@ def test_without_lm_eval_it_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` raises ImportError
     monkeypatch.setattr("harness.models.load_model", no_model)
     for job in (run_job, plan_job):
-        with pytest.raises(HarnessError, match=r"^task 'lm-eval' needs lm-evaluation-harness.*pip install -e '\.\[lm-eval\]'$"):
+        with pytest.raises(HarnessError,
+                           match=r"^task 'lm-eval' needs lm-evaluation-harness.*pip install -e '\.\[lm-eval\]'$"):
             job(lm_config(tmp_path, "method=origin"))
 
 
@@ -183,7 +185,8 @@ def test_without_lm_eval_the_command_line_is_one_line_and_exit_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "harness", "model=tiny-random", "task=lm-eval", "results_dir=res"],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip() == "error: task 'lm-eval' needs lm-evaluation-harness, an optional extra: pip install -e '.[lm-eval]'"
+    assert done.stderr.strip() == ("error: task 'lm-eval' needs lm-evaluation-harness, an optional extra: "
+                                   "pip install -e '.[lm-eval]'")
     assert not (tmp_path / "res").exists()
 
 

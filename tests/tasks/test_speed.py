@@ -45,13 +45,15 @@ def test_every_sample_of_a_job_reads_its_own_peak():
         import json
         from tasks.speed import SpeedTask
         from tests.conftest import tiny_model
-        model = tiny_model(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4, head_dim=32)
+        model = tiny_model(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4,
+                           head_dim=32)
         task = SpeedTask(lengths=[2048], samples=3, vocab_size=256, decode_steps=1)
         print(json.dumps([task.evaluate(model, task.build_input(2048, i))["peak_mb"] for i in range(3)]))
     """)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**32),
                PYTHONPATH=str(REPO_ROOT), OMP_WAIT_POLICY="PASSIVE")
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                         check=True)
     peaks = json.loads(out.stdout.strip().splitlines()[-1])
     assert peaks[0] > 20, peaks
     assert min(peaks[1:]) > 0.5 * peaks[0], f"later samples read less than half the first: {peaks}"
