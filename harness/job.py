@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness.devices import check_device, check_device_name
 from harness.errors import HarnessError
-from harness.results import config_hash
+from harness.identity import config_hash, original_cwd
 
 DTYPES = ("float32", "float16", "bfloat16")
 # Keys of a conf/method node that are not the method's parameters: its name, and the class that
@@ -89,15 +89,6 @@ def check_results_dir(value) -> str:
         got = "null" if value is None else "an empty value" if isinstance(value, str) else repr(value)
         raise HarnessError(f"results_dir must be a folder, e.g. results_dir=results (the default); got {got}")
     return str(value)
-
-
-def original_cwd() -> Path:
-    """Where the command was started: Hydra's original working directory, else the current one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path.cwd()
 
 
 def results_root(cfg: DictConfig) -> Path:

@@ -36,9 +36,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import hashlib
 import io
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,17 +83,6 @@ def text_columns() -> dict[str, type]:
     for task in TASKS.values():
         text.update({column: str for column, kind in task.columns.items() if kind is str})
     return text
-
-
-def config_hash(payload: dict) -> str:
-    """Short stable hash of a JSON-able config (sorted keys)."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:10]
-
-
-def input_hash(input_ids: list[int]) -> str:
-    """Content hash of an input's token ids: equal hashes mean two methods saw the same tokens."""
-    return hashlib.sha256(json.dumps(input_ids).encode()).hexdigest()[:16]
 
 
 class ResultsFile:

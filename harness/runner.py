@@ -28,7 +28,8 @@ from tqdm import tqdm
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.job import check_job, method_settings, results_path, task_class
-from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, input_hash
+from harness.identity import input_hash
+from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
 
 log = logging.getLogger(__name__)
 

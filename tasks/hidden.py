@@ -46,7 +46,7 @@ from scipy.stats import rankdata
 
 from harness.architectures import architecture_of
 from harness.errors import HarnessError
-from harness.results import input_hash
+from harness.identity import input_hash
 from tasks.base import Figure, Task
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.results import input_hash
+from harness.identity import input_hash, original_cwd
 from tasks.base import Task
 
 INSTALL = "task 'lm-eval' needs lm-evaluation-harness, an optional extra: pip install -e '.[lm-eval]'"
@@ -94,8 +94,6 @@ def _is_yaml(spec: str) -> bool:
 
 def _resolve(path: str) -> str:
     """A relative path is relative to where the command was started (like results_dir)."""
-    from harness.job import original_cwd
-
     resolved = Path(path).expanduser()
     return str(resolved if resolved.is_absolute() else (original_cwd() / resolved).absolute())
 
