@@ -1,6 +1,6 @@
-"""What identifies a job, a (model, method, task) cell: its checked settings, its method's
-settings and its results file. The runner and plan mode both start here, so they can never
-disagree about which file a job's rows are in or which input they refuse.
+"""What identifies a job, a (model, method, task) cell: its checked settings and its results file
+(named by the hash of its config, harness.identity). The runner and plan mode both start here, so
+they can never disagree about which file a job's rows are in or which input they refuse.
 
 Nothing here loads a model, a tokenizer or a corpus.
 """
@@ -16,17 +16,6 @@ from harness.errors import HarnessError
 from harness.identity import config_hash, original_cwd
 
 DTYPES = ("float32", "float16", "bfloat16")
-# Keys of a conf/method node that are not the method's parameters: its name, and the class that
-# builds it (Hydra's `_target_`).
-METHOD_CONFIG_KEYS = ("name", "_target_")
-
-
-def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
-    """(name, parameters) of a ``conf/method`` node: the parameters are what the method's class takes."""
-    params = OmegaConf.to_container(method_cfg, resolve=True)
-    name = params.pop("name")
-    params.pop("_target_", None)
-    return name, params
 
 
 def check_lengths(lengths) -> list[int]:

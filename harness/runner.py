@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
-from harness.job import check_job, method_settings, results_path, task_class
 from harness.identity import input_hash
+from harness.job import check_job, results_path, task_class
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
         return summary
     check_writable(path.parent)  # before loading anything (creates nothing); a finished job needs no writing
 
-    from harness.methods import apply_method, method_from_config  # imported only once there is work
+    from harness.methods import apply_method, method_from_config, method_settings  # imported only once there is work
     from harness.models import load_model
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)

@@ -16,8 +16,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from harness.errors import HarnessError
-from harness.job import method_settings
-from harness.methods import METHODS, apply_method, method_names, method_parameters
+from harness.methods import METHODS, apply_method, method_names, method_parameters, method_settings
 from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
