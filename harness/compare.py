@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise HarnessError(f"--alpha must be between 0 and 1, got {args.alpha}")
-        rows = paired_rows(series_by_attention(read_rows(args.results)))
+        rows = paired_rows(series_by_attention(read_rows(args.results, tasks=TASKS)))
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

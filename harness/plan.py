@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.architectures import Shape, architecture_for, context_length, rope_kind
 from harness.job import check_job, results_path
 from harness.results import ResultsFile
+from tasks import TASKS
 
 if TYPE_CHECKING:
     from harness.methods import Method
@@ -133,7 +134,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
     lengths, samples = check_job(cfg, plan=True)  # the device is the one planned for, not this machine's
     path, _ = results_path(cfg)
-    done = ResultsFile(path, []).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
+    done = ResultsFile(path, [], tasks=TASKS).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
     task = get_class(task_params["_target_"])  # its facts are class methods: nothing is built

@@ -30,6 +30,7 @@ from harness.errors import HarnessError
 from harness.identity import input_hash
 from harness.job import check_job, results_path, task_class
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
+from tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     retry = bool(cfg.get("retry_failed", False))
     summary = JobSummary(path, lengths, samples, cfg.task.name)
     whole_length = task_class(cfg.task).whole_length
-    existing = ResultsFile(path, []).read()  # the newest attempt of each sample (results.latest_attempts)
+    existing = ResultsFile(path, [], tasks=TASKS).read()  # the newest attempt of each sample (results.latest_attempts)
     asked = existing[existing["length"].isin(lengths)]
     if samples:  # the file may hold more samples than this command asks for
         asked = asked[asked["sample"] < samples]
@@ -119,7 +120,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
         if isinstance(cause, (HarnessError, ValueError)):
             raise HarnessError(f"task {cfg.task.name!r}: {cause}") from None
         raise
-    results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
+    results = ResultsFile(path, COMMON_COLUMNS + list(task.columns), tasks=TASKS)
     if task.needs_tokenizer and loaded.tokenizer is None:
         raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
     task.check_model(model)  # e.g. a layer the model does not have: one line, before any compute

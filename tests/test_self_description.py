@@ -159,11 +159,11 @@ def test_a_new_method_is_one_module_and_one_config(throwaway, tmp_path):
     # the runner builds and applies it; its rows and their parameters go where every method's go
     summary = run_job(_with_throwaway(config(results, "method=origin", "task.lengths=[300]", "task.samples=1"),
                                       throwaway / "conf"))
-    rows = ResultsFile(summary.path, []).read()
+    rows = ResultsFile(summary.path, [], tasks=TASKS).read()
     assert summary.counts["ok"] == 1 and set(rows["method"]) == {"throwaway"}
     assert rows["method_params"].iloc[0] == '{"strength": 7, "train_length": null}'
     run_job(config(results, "method=origin", "task.lengths=[300]", "task.samples=1"))
-    table = collect(results, results / "all.csv")
+    table = collect(results, results / "all.csv", tasks=TASKS)
 
     # figures take its label, colour and marker, and list it after the methods ordered before it
     assert style("throwaway") == dict(color="#123456", marker="p", label="Throwaway")
