@@ -35,7 +35,7 @@ def check_lengths(lengths) -> list[int]:
     return out
 
 
-def task_class(task_cfg: DictConfig):
+def task_class_from_config(task_cfg: DictConfig):
     """The class a ``conf/task`` node builds (its ``_target_``), imported but not built."""
     from hydra.utils import get_class
 
@@ -61,7 +61,7 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     if not isinstance(cfg.get("retry_failed", False), bool):
         raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
-    cls = task_class(cfg.task)
+    cls = task_class_from_config(cfg.task)
     samples = 0
     if not cls.whole_length:
         samples = cfg.task.get("samples")
@@ -93,7 +93,7 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("lengths", None)
     task.pop("samples", None)
-    for key, neutral in task_class(cfg.task).hash_neutral_defaults.items():
+    for key, neutral in task_class_from_config(cfg.task).hash_neutral_defaults.items():
         if key in task and task[key] == neutral:
             del task[key]
     model = OmegaConf.to_container(cfg.model, resolve=True)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.identity import input_hash
-from harness.job import check_job, results_path, task_class
+from harness.job import check_job, results_path, task_class_from_config
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
 from tasks import TASKS
 
@@ -83,7 +83,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     path, digest = results_path(cfg)
     retry = bool(cfg.get("retry_failed", False))
     summary = JobSummary(path, lengths, samples, cfg.task.name)
-    whole_length = task_class(cfg.task).whole_length
+    whole_length = task_class_from_config(cfg.task).whole_length
     existing = ResultsFile(path, [], tasks=TASKS).read()  # the newest attempt of each sample (results.latest_attempts)
     asked = existing[existing["length"].isin(lengths)]
     if samples:  # the file may hold more samples than this command asks for

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.results import ResultsFile
-from tasks import TASKS, task_class
+from tasks import TASKS, task_by_name
 
 
 def print_job_summary(summary) -> None:
@@ -20,7 +20,7 @@ def print_job_summary(summary) -> None:
         frame = frame[frame["length"].isin(summary.lengths)]
         if summary.samples:  # 0: a task that evaluates whole lengths (it decides its samples)
             frame = frame[frame["sample"] < summary.samples]
-    cls = task_class(summary.task)
+    cls = task_by_name(summary.task)
     own = cls.summary_table(frame) if cls is not None and len(frame) else None
     if own is not None:
         print(own.to_string())

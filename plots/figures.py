@@ -38,7 +38,7 @@ from harness.compare import paired_rows  # noqa: E402
 from harness.methods import METHODS, method_names  # noqa: E402
 from harness.results import series_by_attention  # noqa: E402
 from harness.stats import wilson  # noqa: E402
-from tasks import task_class  # noqa: E402
+from tasks import task_by_name  # noqa: E402
 from tasks.base import Figure  # noqa: E402
 
 MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
@@ -133,7 +133,7 @@ def methods_in(frame: pd.DataFrame) -> list[str]:
 
 def length_unit(task: str) -> str:
     """What the task's ``length`` counts (tokens for a task without a class in this checkout)."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     return cls.length_unit if cls is not None else "tokens"
 
 
@@ -344,7 +344,7 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     A task whose rows mix several metrics says so (``Task.heatmap`` False) and gets none."""
     paths = []
     for (task, model), sub in frame.groupby(["task", "model"]):
-        cls = task_class(task)
+        cls = task_by_name(task)
         if cls is not None and not cls.heatmap:  # e.g. rows that mix several metrics
             continue
         methods = methods_in(frame[frame["task"] == task])
@@ -497,7 +497,7 @@ PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     """Every figure task ``task`` states (none for a task without a class in this checkout)."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     figures = cls.figures if cls is not None else ()
     return [path for figure in figures for path in PLOTS[figure.kind](frame, task, figure, out_dir)]
 
@@ -511,7 +511,7 @@ def captions() -> dict[str, str]:
 
 def write_tables(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     """The task's tables of the collected rows (``Task.tables``), as CSV files next to the figures."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     paths = []
     for name, table in (cls.tables(frame) if cls is not None else {}).items():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def task_class(name: str) -> type[Task] | None:
+def task_by_name(name: str) -> type[Task] | None:
     """The class of task ``name`` (the ``task`` column of a row), or None for a task this checkout lacks."""
     return TASKS.get(name)
 
 
-__all__ = ["TASKS", "Task", "task_class"]
+__all__ = ["TASKS", "Task", "task_by_name"]
