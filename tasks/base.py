@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.registry import register
+
 
 @dataclass(frozen=True)
 class TaskInput:
@@ -103,10 +105,7 @@ class Task:
             raise TypeError(f"task {cls.name!r}: timing_columns must be among its columns")
         if any(figure.kind not in FIGURE_KINDS for figure in cls.figures):
             raise TypeError(f"task {cls.name!r}: a figure's kind must be one of {FIGURE_KINDS}")
-        other = TASKS.get(cls.name)
-        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"two task classes are named {cls.name!r}: {other.__qualname__} and {cls.__qualname__}")
-        TASKS[cls.name] = cls
+        register(TASKS, cls, "task")
 
     # -- facts for plan mode: computed from the task's config (``params``), without building it --
     @classmethod

@@ -81,6 +81,20 @@ def test_no_file_but_its_own_module_names_a_method_or_a_task(kind, registry):
         assert all(own[name] == path.resolve() for name in named), f"{path.relative_to(ROOT)} names {kind}s {named}"
 
 
+@pytest.mark.parametrize("base,kind,registry", [
+    ("harness.methods.method:Method", "method", METHODS), ("tasks.base:Task", "task", TASKS)])
+def test_a_second_class_with_a_registered_name_is_refused(base, kind, registry):
+    """One check for both registries (harness.registry.register): a name means one class."""
+    module, _, name = base.partition(":")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    taken = next(iter(registry))
+    before = dict(registry)
+    facts = dict(label="Clash", color="#000001", marker="p", order=99) if kind == "method" else {}
+    with pytest.raises(TypeError, match=f"two {kind} classes are named '{taken}'"):
+        type("Clash", (cls,), dict(name=taken, __module__=__name__, **facts))
+    assert registry == before
+
+
 # -- a method defined only in this test ----------------------------------------------------------
 THROWAWAY_MODULE = '''
 from harness.methods.method import Method
