@@ -344,19 +344,6 @@ def read_rows(path: Path, *, tasks: Tasks) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMMON_COLUMNS)
 
 
-def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows run with a non-default attention implementation become a series of their own
-    ("<method> (eager)"), so they are never averaged or paired with the same method's sdpa rows."""
-    if "attn_implementation" not in frame.columns:
-        return frame
-    other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
-    if not other.any():
-        return frame
-    frame = frame.copy()
-    frame.loc[other, "method"] = frame.loc[other, "method"] + " (" + frame.loc[other, "attn_implementation"] + ")"
-    return frame
-
-
 def collect(root: Path, out: Path, *, tasks: Tasks) -> pd.DataFrame:
     """Concatenate every job's CSV under ``root`` into one CSV at ``out`` (written atomically)."""
     table = read_rows(root, tasks=tasks)
