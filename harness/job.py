@@ -35,14 +35,15 @@ def check_lengths(lengths) -> list[int]:
     return out
 
 
-def task_class_from_config(task_cfg: DictConfig):
-    """The class a ``conf/task`` node builds (its ``_target_``), imported but not built."""
+def task_class_from_config(task_cfg: DictConfig) -> type:
+    """The class a ``conf/task`` node builds (its ``_target_``), imported but not built. It is
+    imported by that name, like a method's, so this module needs no import of ``tasks``."""
     from hydra.utils import get_class
 
-    from tasks import Task
-
     target = task_cfg.get("_target_")
-    return get_class(target) if target else Task
+    if not target:  # every conf/task file names its class; without one nothing could run the task
+        raise HarnessError(f"task config {task_cfg.get('name')!r} has no _target_ (the class of the task)")
+    return get_class(target)
 
 
 def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
