@@ -1,6 +1,7 @@
 """The tasks. Importing this package imports every module in it, and each task module registers
-its class (a ``tasks.base.Task`` subclass that sets ``name``) in :data:`TASKS`: plan mode, results
-and figures read a task's facts from there, and no file lists task names."""
+its class (a ``tasks.base.Task`` subclass that sets ``name``) in :data:`TASKS`: plan mode, the
+runner, collect, compare and the figures read a task's facts from there (and hand harness.results
+what a task's rows hold), and no file lists task names."""
 
 from __future__ import annotations
 
