@@ -32,7 +32,8 @@ samples of its length (an aggregate score, or the failure of the whole length).
 
 This module knows the common columns only. What a task's rows add (their types, which are
 measured, which it may write) its callers pass in as ``tasks``, the task registry
-(``tasks.TASKS``): rows are stored below the tasks, and never import them.
+(``tasks.TASKS``): storing rows and computing them sit side by side, neither importing the other
+(tests/test_layers.py).
 """
 
 from __future__ import annotations
