@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def method_params(name: str) -> dict:
     from omegaconf import OmegaConf
 
-    from harness.job import method_settings
+    from harness.methods import method_settings
 
     return method_settings(OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml"))[1]
 

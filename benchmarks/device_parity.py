@@ -31,8 +31,7 @@ def build(model_name: str, method: str, implementation: str, device: str, overri
     copied in first, because a seeded random init draws other numbers on another device."""
     from hydra import compose, initialize_config_dir
 
-    from harness.job import method_settings
-    from harness.methods import apply_method
+    from harness.methods import apply_method, method_settings
     from harness.models import load_model
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.results import collect
+from tasks import TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
               f"or give --results)", file=sys.stderr)
         return 2
     try:
-        table = collect(args.results, out)
+        table = collect(args.results, out, tasks=TASKS)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -32,25 +32,18 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
+from harness.analysis import baseline, pairing_order, series_by_attention
 from harness.errors import HarnessError
-from harness.methods import METHODS, method_names
-from harness.results import read_rows, series_by_attention
+from harness.results import read_rows
 from tasks import TASKS
 
 COLUMNS = ["model", "task", "metric", "length", "first", "second", "pairs", "first_mean", "second_mean",
            "difference", "ci_low", "ci_high", "test", "p_value", "better"]
 
 
-def series_rank(series: str) -> tuple:
-    """Methods in their own order, a method's eager series right after it, unknown methods last."""
-    method, _, variant = series.partition(" (")
-    cls = METHODS.get(method)
-    return (cls.order if cls else math.inf, method, variant)
-
-
 def paired_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per compared (model, task, length, first, second); see the module docstring.
-    ``frame``'s ``method`` column names the series (see harness.results.series_by_attention)."""
+    ``frame``'s ``method`` column names the series (see harness.analysis.series_by_attention)."""
     out = []
     if "input_hash" not in frame.columns:  # rows that cannot be matched input by input
         return pd.DataFrame(out, columns=COLUMNS)
@@ -64,14 +57,14 @@ def paired_rows(frame: pd.DataFrame) -> pd.DataFrame:
         # The latest row of each (series, input): a rerun with other settings replaces, never averages.
         cell = cell.drop_duplicates(["method", "sample", "input_hash"], keep="last")
         scores = cell.pivot_table(index=["sample", "input_hash"], columns="method", values="score", aggfunc="last")
-        for first, second in itertools.combinations(sorted(scores.columns, key=series_rank, reverse=True), 2):
+        for first, second in itertools.combinations(sorted(scores.columns, key=pairing_order, reverse=True), 2):
             both = scores[[first, second]].dropna()
             if both.empty:
                 continue
             out.append(dict(model=model, task=task, metric=cls.metric, length=int(length), first=first,
                             second=second, **_compare(both[first].to_numpy(), both[second].to_numpy(), cls)))
     result = pd.DataFrame(out, columns=COLUMNS)
-    order = [series_rank(second) + series_rank(first) for first, second in zip(result["first"], result["second"])]
+    order = [pairing_order(second) + pairing_order(first) for first, second in zip(result["first"], result["second"])]
     result = result.assign(_order=order).sort_values(["model", "task", "length", "_order"], kind="stable")
     return result.drop(columns="_order").reset_index(drop=True)
 
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise HarnessError(f"--alpha must be between 0 and 1, got {args.alpha}")
-        rows = paired_rows(series_by_attention(read_rows(args.results)))
+        rows = paired_rows(series_by_attention(read_rows(args.results, tasks=TASKS)))
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -143,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".tmp")
     rows.to_csv(tmp, index=False)
     tmp.replace(out)
-    baseline = args.baseline or method_names()[0]
-    print(report(rows, args.alpha, None if baseline == "all" else baseline))
+    shown = args.baseline or baseline()
+    print(report(rows, args.alpha, None if shown == "all" else shown))
     print(f"{len(rows)} comparisons -> {out}")
     return 0
 

@@ -1,6 +1,6 @@
-"""What identifies a job, a (model, method, task) cell: its checked settings, its method's
-settings and its results file. The runner and plan mode both start here, so they can never
-disagree about which file a job's rows are in or which input they refuse.
+"""What identifies a job, a (model, method, task) cell: its checked settings and its results file
+(named by the hash of its config, harness.identity). The runner and plan mode both start here, so
+they can never disagree about which file a job's rows are in or which input they refuse.
 
 Nothing here loads a model, a tokenizer or a corpus.
 """
@@ -11,22 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from harness.constants import DEFAULT_ATTN_IMPLEMENTATION, DTYPES
 from harness.devices import check_device, check_device_name
 from harness.errors import HarnessError
-from harness.results import config_hash
-
-DTYPES = ("float32", "float16", "bfloat16")
-# Keys of a conf/method node that are not the method's parameters: its name, and the class that
-# builds it (Hydra's `_target_`).
-METHOD_CONFIG_KEYS = ("name", "_target_")
-
-
-def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
-    """(name, parameters) of a ``conf/method`` node: the parameters are what the method's class takes."""
-    params = OmegaConf.to_container(method_cfg, resolve=True)
-    name = params.pop("name")
-    params.pop("_target_", None)
-    return name, params
+from harness.identity import config_hash, original_cwd
+from harness.validation import is_integer, require_integer
 
 
 def check_lengths(lengths) -> list[int]:
@@ -39,21 +28,22 @@ def check_lengths(lengths) -> list[int]:
         raise HarnessError("task.lengths is empty: give at least one length, e.g. task.lengths=[1024,2048]")
     out = []
     for value in lengths:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_integer(value, 1):
             raise HarnessError(f"task.lengths must be positive integers, got {value!r}; e.g. task.lengths=[1024,2048]")
         if value not in out:
             out.append(value)
     return out
 
 
-def task_class(task_cfg: DictConfig):
-    """The class a ``conf/task`` node builds (its ``_target_``), imported but not built."""
+def task_class_from_config(task_cfg: DictConfig) -> type:
+    """The class a ``conf/task`` node builds (its ``_target_``), imported but not built. It is
+    imported by that name, like a method's, so this module needs no import of ``tasks``."""
     from hydra.utils import get_class
 
-    from tasks import Task
-
     target = task_cfg.get("_target_")
-    return get_class(target) if target else Task
+    if not target:  # every conf/task file names its class; without one nothing could run the task
+        raise HarnessError(f"task config {task_cfg.get('name')!r} has no _target_ (the class of the task)")
+    return get_class(target)
 
 
 def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
@@ -62,9 +52,7 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     ``run_job`` and ``plan_job`` both start here, so bad input is one line before any work. A task
     that evaluates whole lengths has no ``samples`` (0 here): it decides them itself. ``plan``: only
     the device's name is checked, not that this machine has it (a GPU sweep is planned anywhere)."""
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise HarnessError(f"seed must be an integer, got {seed!r}")
+    require_integer(cfg.get("seed"), "seed", minimum=None)
     if cfg.get("dtype") not in DTYPES:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
     check_device_name(cfg.device) if plan else check_device(cfg.device)
@@ -72,12 +60,10 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
     if not isinstance(cfg.get("retry_failed", False), bool):
         raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
-    cls = task_class(cfg.task)
+    cls = task_class_from_config(cfg.task)
     samples = 0
     if not cls.whole_length:
-        samples = cfg.task.get("samples")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
-            raise HarnessError(f"task.samples must be a positive integer, got {samples!r}")
+        samples = require_integer(cfg.task.get("samples"), "task.samples")
     cls.check_params(OmegaConf.to_container(cfg.task, resolve=True))
     return lengths, samples
 
@@ -89,15 +75,6 @@ def check_results_dir(value) -> str:
         got = "null" if value is None else "an empty value" if isinstance(value, str) else repr(value)
         raise HarnessError(f"results_dir must be a folder, e.g. results_dir=results (the default); got {got}")
     return str(value)
-
-
-def original_cwd() -> Path:
-    """Where the command was started: Hydra's original working directory, else the current one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path.cwd()
 
 
 def results_root(cfg: DictConfig) -> Path:
@@ -113,14 +90,14 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     task.pop("lengths", None)
     task.pop("samples", None)
-    for key, neutral in task_class(cfg.task).hash_neutral_defaults.items():
+    for key, neutral in task_class_from_config(cfg.task).hash_neutral_defaults.items():
         if key in task and task[key] == neutral:
             del task[key]
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for where in ("local_path", "device_map", "max_memory"):  # where weights live does not change the numbers
         model.pop(where, None)
     model.pop("decode_sdpa_backends", None)  # which fused kernel runs a decoding step: speed only
-    if model.get("attn_implementation", "sdpa") == "sdpa":
+    if model.get("attn_implementation", DEFAULT_ATTN_IMPLEMENTATION) == DEFAULT_ATTN_IMPLEMENTATION:
         # the default, and what every row before this key existed used: their files stay resumable
         model.pop("attn_implementation", None)
     method = OmegaConf.to_container(cfg.method, resolve=True)

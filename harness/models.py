@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from harness import REPO_ROOT
 from harness.architectures import DEFAULT_MODEL_TYPE, context_length
 from harness.byte_tokenizer import ByteTokenizer
 from harness.constants import ATTN_IMPLEMENTATIONS, DEFAULT_ATTN_IMPLEMENTATION, DTYPES, PROMPT_TEMPLATES
@@ -223,6 +224,17 @@ def _train_length(cfg: dict, config) -> int:
     if cfg["train_length"] is not None:
         return cfg["train_length"]
     return context_length(config)
+
+
+def configured_train_length(name: str) -> int | None:
+    """The training length ``conf/model/<name>.yaml`` states, without loading anything (the
+    figures mark it on the rows of model ``name``); None when there is no such config or it says
+    null (then only the loaded model's config tells, see :func:`_train_length`)."""
+    from omegaconf import OmegaConf
+
+    path = REPO_ROOT / "conf" / "model" / f"{name}.yaml"
+    value = OmegaConf.load(path).get("train_length") if path.is_file() else None
+    return None if value is None else int(value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from harness.architectures import Shape, architecture_for, context_length, rope_kind
 from harness.constants import DEFAULT_ATTN_IMPLEMENTATION, DTYPE_BYTES
-from harness.job import check_job, results_path
+from harness.job import check_job, results_path, task_class_from_config
 from harness.results import ResultsFile
+from tasks import TASKS
 
 if TYPE_CHECKING:
     from harness.methods import Method
@@ -133,10 +133,10 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
     lengths, samples = check_job(cfg, plan=True)  # the device is the one planned for, not this machine's
     path, _ = results_path(cfg)
-    done = ResultsFile(path, []).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
+    done = ResultsFile(path, [], tasks=TASKS).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
-    task = get_class(task_params["_target_"])  # its facts are class methods: nothing is built
+    task = task_class_from_config(cfg.task)  # its facts are class methods: nothing is built
     train_length = model_cfg.get("train_length") or context_length(model_cfg.get("architecture") or {})
     method = method_from_config(cfg.method, train_length)  # checks the method's settings too
     shape, source = model_shape(model_cfg)

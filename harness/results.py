@@ -29,6 +29,11 @@ The results directory must be on a filesystem with POSIX locks (local disks and 
 A task that evaluates every sample of a length at once (``Task.whole_length``) claims the length
 instead of a sample; its rows are appended together, and a row with sample -1 is about all the
 samples of its length (an aggregate score, or the failure of the whole length).
+
+This module knows the common columns only. What a task's rows add (their types, which are
+measured, which it may write) its callers pass in as ``tasks``, the task registry
+(``tasks.TASKS``): storing rows and computing them sit side by side, neither importing the other
+(tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -36,13 +41,12 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import hashlib
 import io
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -67,43 +71,47 @@ _CLAIMS_START = 1
 _MAX_SAMPLES = 1 << 24
 
 
-def timing_columns() -> list[str]:
-    """Every column that is measured rather than computed: the common ones and every task's."""
-    from tasks import TASKS
+class TaskColumns(Protocol):
+    """What rows of one task hold beyond the common columns, as a task class states it (tasks.base.Task)."""
 
+    columns: ClassVar[dict[str, type]]  # its own columns and their types: ``str`` ones are read back as text
+    timing_columns: ClassVar[tuple[str, ...]]  # of those, the measured ones
+
+    @classmethod
+    def writes_column(cls, column: str) -> bool:
+        """Whether its rows may have ``column`` of their own."""
+
+
+# task name -> what its rows hold: the task registry, ``tasks.TASKS``
+Tasks = Mapping[str, type[TaskColumns]]
+
+
+def timing_columns(tasks: Tasks) -> list[str]:
+    """Every column that is measured rather than computed: the common ones and every task's."""
     measured = list(COMMON_TIMING_COLUMNS)
-    for task in TASKS.values():
+    for task in tasks.values():
         measured += [c for c in task.timing_columns if c not in measured]
     return measured
 
 
-def text_columns() -> dict[str, type]:
+def text_columns(tasks: Tasks) -> dict[str, type]:
     """Columns read back as text: the common hashes and every task's ``str`` columns."""
-    from tasks import TASKS
-
     text = {column: str for column in COMMON_TEXT_COLUMNS}
-    for task in TASKS.values():
+    for task in tasks.values():
         text.update({column: str for column, kind in task.columns.items() if kind is str})
     return text
 
 
-def config_hash(payload: dict) -> str:
-    """Short stable hash of a JSON-able config (sorted keys)."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:10]
-
-
-def input_hash(input_ids: list[int]) -> str:
-    """Content hash of an input's token ids: equal hashes mean two methods saw the same tokens."""
-    return hashlib.sha256(json.dumps(input_ids).encode()).hexdigest()[:16]
-
-
 class ResultsFile:
-    """The CSV of one job. Use as a context manager: it holds the file's lock while open."""
+    """The CSV of one job. Use as a context manager: it holds the file's lock while open.
 
-    def __init__(self, path: Path, columns: list[str]):
+    ``columns``: the header a new file gets and an existing one must have ([]: the file's own);
+    ``tasks``: the task registry, for what the rows of each task may hold (see the module docstring)."""
+
+    def __init__(self, path: Path, columns: list[str], *, tasks: Tasks):
         self.path = Path(path)
         self.columns = columns
+        self.tasks = tasks
         self._fd: int | None = None
         self._lock_fd: int | None = None
 
@@ -116,7 +124,7 @@ class ResultsFile:
             text = self.path.read_text(encoding="utf-8")
             if not text.endswith("\n"):  # a torn last line (killed mid-write) is not a row; it is cut on the next write
                 text = text[: text.rfind("\n") + 1]
-            frame = pd.read_csv(io.StringIO(text), dtype=text_columns())
+            frame = pd.read_csv(io.StringIO(text), dtype=text_columns(self.tasks))
         except OSError as error:
             raise HarnessError(f"results file {self.path} cannot be read ({error.strerror or error})") from None
         except Exception as error:  # noqa: BLE001 - undecodable bytes or any parse failure mean the same to the user
@@ -128,7 +136,7 @@ class ResultsFile:
         widths = {len(fields) for fields in csv.reader(io.StringIO(text)) if fields}
         if widths != {len(frame.columns)}:  # pandas would take a first field the header lacks as the index
             raise _corrupted(self.path, "rows with other numbers of fields than the header")
-        foreign = _foreign_columns(frame)
+        foreign = _foreign_columns(frame, self.tasks)
         if foreign:
             raise _corrupted(self.path, f"a column the harness does not write: {', '.join(foreign)}")
         for column, lowest in (("length", 0), ("sample", -1)):  # sample -1: a row about a whole length
@@ -266,14 +274,12 @@ def check_writable(folder: Path) -> None:
         raise _not_writable(folder, error) from None
 
 
-def _foreign_columns(frame: pd.DataFrame) -> list[str]:
+def _foreign_columns(frame: pd.DataFrame, tasks: Tasks) -> list[str]:
     """Columns that are neither common ones nor those of the file's task (a task without a class in
     this checkout, e.g. from another branch, is not judged)."""
-    from tasks import TASKS
-
     if "task" not in frame.columns or frame.empty:
         return []
-    classes = [TASKS.get(name) for name in frame["task"].dropna().unique()]
+    classes = [tasks.get(name) for name in frame["task"].dropna().unique()]
     if not classes or None in classes:
         return []
     return [column for column in frame.columns
@@ -289,10 +295,10 @@ def _not_writable(folder: Path, error: OSError) -> HarnessError:
                         f"set results_dir= to a writable folder")
 
 
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+def comparable(frame: pd.DataFrame, *, tasks: Tasks) -> pd.DataFrame:
     """The rows without their timing columns, in a canonical order: two runs of one sweep give equal frames.
     A score that is itself a measurement (a task whose metric is one of its timing columns) is blanked."""
-    measured = timing_columns()
+    measured = timing_columns(tasks)
     frame = frame.drop(columns=[c for c in measured if c in frame.columns])
     if "metric" in frame.columns:
         frame = frame.assign(score=frame["score"].where(~frame["metric"].isin(measured)))
@@ -315,14 +321,15 @@ def latest_attempts(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~replaced].reset_index(drop=True) if replaced.any() else frame
 
 
-def read_rows(path: Path) -> pd.DataFrame:
-    """Every row under a results directory (its ``runs/**/*.csv``), or of one collected CSV."""
+def read_rows(path: Path, *, tasks: Tasks) -> pd.DataFrame:
+    """Every row under a results directory (its ``runs/**/*.csv``), or of one collected CSV
+    (``tasks``: the task registry, see :class:`ResultsFile`)."""
     path = Path(path)
     if path.is_file():
         if path.stat().st_size == 0:
             raise HarnessError(f"{path} is empty: no rows (collect them with python -m harness.collect)")
         try:
-            frame = pd.read_csv(path, dtype=text_columns())
+            frame = pd.read_csv(path, dtype=text_columns(tasks))
         except Exception as error:  # noqa: BLE001 - undecodable bytes or any parse failure mean the same to the user
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise HarnessError(f"{path} is not a results table ({reason})") from None
@@ -333,27 +340,14 @@ def read_rows(path: Path) -> pd.DataFrame:
     if not (path / "runs").is_dir():
         raise HarnessError(f"{path} is neither a collected CSV nor a results directory with runs/ "
                            "(run python -m harness first, or give --results)")
-    frames = [ResultsFile(f, []).read() for f in sorted(path.glob("runs/**/*.csv"))]
+    frames = [ResultsFile(f, [], tasks=tasks).read() for f in sorted(path.glob("runs/**/*.csv"))]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMMON_COLUMNS)
 
 
-def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows run with a non-default attention implementation become a series of their own
-    ("<method> (eager)"), so they are never averaged or paired with the same method's sdpa rows."""
-    if "attn_implementation" not in frame.columns:
-        return frame
-    other = frame["attn_implementation"].fillna("sdpa") != "sdpa"
-    if not other.any():
-        return frame
-    frame = frame.copy()
-    frame.loc[other, "method"] = frame.loc[other, "method"] + " (" + frame.loc[other, "attn_implementation"] + ")"
-    return frame
-
-
-def collect(root: Path, out: Path) -> pd.DataFrame:
+def collect(root: Path, out: Path, *, tasks: Tasks) -> pd.DataFrame:
     """Concatenate every job's CSV under ``root`` into one CSV at ``out`` (written atomically)."""
-    table = read_rows(root)
+    table = read_rows(root, tasks=tasks)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     table.to_csv(tmp, index=False)

@@ -26,9 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import REPO_ROOT
+from harness.constants import DEFAULT_ATTN_IMPLEMENTATION
 from harness.errors import HarnessError
-from harness.job import check_job, method_settings, results_path, task_class
-from harness.results import COMMON_COLUMNS, ResultsFile, check_writable, input_hash
+from harness.identity import input_hash
+from harness.job import check_job, results_path, task_class_from_config
+from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
+from tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,8 @@ def run_job(cfg: DictConfig) -> JobSummary:
     path, digest = results_path(cfg)
     retry = bool(cfg.get("retry_failed", False))
     summary = JobSummary(path, lengths, samples, cfg.task.name)
-    whole_length = task_class(cfg.task).whole_length
-    existing = ResultsFile(path, []).read()  # the newest attempt of each sample (results.latest_attempts)
+    whole_length = task_class_from_config(cfg.task).whole_length
+    existing = ResultsFile(path, [], tasks=TASKS).read()  # the newest attempt of each sample (results.latest_attempts)
     asked = existing[existing["length"].isin(lengths)]
     if samples:  # the file may hold more samples than this command asks for
         asked = asked[asked["sample"] < samples]
@@ -101,7 +104,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
         return summary
     check_writable(path.parent)  # before loading anything (creates nothing); a finished job needs no writing
 
-    from harness.methods import apply_method, method_from_config  # imported only once there is work
+    from harness.methods import apply_method, method_from_config, method_settings  # imported only once there is work
     from harness.models import load_model
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -118,7 +121,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
         if isinstance(cause, (HarnessError, ValueError)):
             raise HarnessError(f"task {cfg.task.name!r}: {cause}") from None
         raise
-    results = ResultsFile(path, COMMON_COLUMNS + list(task.columns))
+    results = ResultsFile(path, COMMON_COLUMNS + list(task.columns), tasks=TASKS)
     if task.needs_tokenizer and loaded.tokenizer is None:
         raise HarnessError(f"task {cfg.task.name!r} needs a tokenizer and model {loaded.name!r} has none")
     task.check_model(model)  # e.g. a layer the model does not have: one line, before any compute
@@ -130,7 +133,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
 
     provenance = dict(model=loaded.name, method=method_name, task=cfg.task.name, metric=task.metric, seed=cfg.seed,
                       device=str(cfg.device), dtype=cfg.dtype,
-                      attn_implementation=cfg.model.get("attn_implementation") or "sdpa", method_params=json.dumps(params, sort_keys=True),
+                      attn_implementation=cfg.model.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION, method_params=json.dumps(params, sort_keys=True),
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)

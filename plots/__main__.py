@@ -17,6 +17,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.results import read_rows
 from plots.figures import build_all, captions
+from tasks import TASKS
 
 HEATMAPS_CAPTION = "Method x length mean score per task and model; grey n/a = no row, OOM/ERROR = only failures."
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.results} does not exist; run python -m harness.collect first", file=sys.stderr)
         return 2
     try:
-        frame = read_rows(args.results)
+        frame = read_rows(args.results, tasks=TASKS)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -31,17 +31,16 @@ from matplotlib.legend_handler import HandlerTuple  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from harness import REPO_ROOT  # noqa: E402
+from harness.analysis import (  # noqa: E402
+    baseline, first_crossing, longest_curves, panel_thresholds, series_by_attention, series_order, split_series)
 from harness.compare import paired_rows  # noqa: E402
-from harness.methods import METHODS, method_names  # noqa: E402
-from harness.results import series_by_attention  # noqa: E402
+from harness.methods import METHODS  # noqa: E402
+from harness.models import configured_train_length  # noqa: E402
 from harness.stats import wilson  # noqa: E402
-from tasks import task_class  # noqa: E402
-from tasks.base import Figure  # noqa: E402
+from tasks import TASKS, task_by_name  # noqa: E402
+from tasks.base import FIGURE_KINDS, Figure  # noqa: E402
 
-MODEL_CONFIGS = REPO_ROOT / "conf" / "model"
 # A series of rows run with another attention implementation than the default (sdpa), e.g.
 # "<method> (eager)": its method's colour mixed with this much white, and this marker.
 VARIANT_WHITE = 0.45
@@ -66,12 +65,6 @@ HIDDEN_SETTLED_FRACTION = 16  # hidden-state panels scale their y axis to the va
 SAVE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
 
 
-def split_series(series: str) -> tuple[str, str | None]:
-    """"<method> (eager)" -> ("<method>", "eager"); "<method>" -> ("<method>", None) (see series_by_attention)."""
-    method, _, variant = series.partition(" (")
-    return (method, variant[:-1]) if variant.endswith(")") else (series, None)
-
-
 def style(series: str) -> dict:
     """The series' colour, marker and label, from its method's class; a method without a class in
     this checkout gets them from a hash of its name."""
@@ -87,16 +80,6 @@ def style(series: str) -> dict:
     rgb = matplotlib.colors.to_rgb(cls.color)
     lighter = matplotlib.colors.to_hex([c + (1 - c) * VARIANT_WHITE for c in rgb])
     return dict(color=lighter, marker=VARIANT_MARKER, label=f"{cls.label} ({variant} attention)")
-
-
-def series_order(series: str) -> tuple:
-    """Legends and tables list the methods in their own ``order``, then their variant series, then
-    methods without a class, by name."""
-    method, variant = split_series(series)
-    cls = METHODS.get(method)
-    if cls is None:
-        return (2, 0, series)
-    return (0 if variant is None else 1, cls.order, series)
 
 
 def length_label(length) -> str:
@@ -133,7 +116,7 @@ def methods_in(frame: pd.DataFrame) -> list[str]:
 
 def length_unit(task: str) -> str:
     """What the task's ``length`` counts (tokens for a task without a class in this checkout)."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     return cls.length_unit if cls is not None else "tokens"
 
 
@@ -141,12 +124,6 @@ def length_axis_label(task: str) -> str:
     """"input length (tokens; k = 1024)", or e.g. "number of lines (not tokens)" for a task that counts lines."""
     unit = length_unit(task)
     return "input length (tokens; k = 1024)" if unit == "tokens" else f"number of {unit} (not tokens)"
-
-
-def train_length(model: str) -> int | None:
-    """The model's training length from conf/model/<model>.yaml (None if unknown)."""
-    path = MODEL_CONFIGS / f"{model}.yaml"
-    return int(OmegaConf.load(path).train_length) if path.exists() else None
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -192,7 +169,7 @@ def panel_legend(ax, many: bool, series: list[str]) -> None:
 
 
 def _mark_training_length(ax, model: str) -> None:
-    t = train_length(model)
+    t = configured_train_length(model)
     if t is not None:
         ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"training length ({t})")
 
@@ -257,7 +234,7 @@ def plot_metric_vs_length(frame: pd.DataFrame, task: str, figure: Figure, out_di
                             ha="center", fontsize=7, color=st["color"])
         if any(key[0] == model for key in better):
             ax.scatter([], [], s=RING_SIZE, facecolors="none", edgecolors="black", linewidths=1.3,
-                       label=f"ringed: better than {style(method_names()[0])['label']} (paired exact test, p < {ALPHA})")
+                       label=f"ringed: better than {style(baseline())['label']} (paired exact test, p < {ALPHA})")
         if length_unit(task) == "tokens":  # a length in lines cannot be compared with a training length
             _mark_training_length(ax, model)
         if missing:
@@ -278,7 +255,7 @@ def better_than_baseline(rows: pd.DataFrame, alpha: float | None = None) -> set[
     first method in the methods' order, Origin) on the same inputs (python -m harness.compare)."""
     alpha = ALPHA if alpha is None else alpha
     pairs = paired_rows(rows)
-    hits = pairs[(pairs["second"] == method_names()[0]) & (pairs["p_value"] < alpha) & (pairs["better"] == "first")]
+    hits = pairs[(pairs["second"] == baseline()) & (pairs["p_value"] < alpha) & (pairs["better"] == "first")]
     return {(model, first, int(length)) for model, first, length in zip(hits["model"], hits["first"], hits["length"])}
 
 
@@ -344,7 +321,7 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     A task whose rows mix several metrics says so (``Task.heatmap`` False) and gets none."""
     paths = []
     for (task, model), sub in frame.groupby(["task", "model"]):
-        cls = task_class(task)
+        cls = task_by_name(task)
         if cls is not None and not cls.heatmap:  # e.g. rows that mix several metrics
             continue
         methods = methods_in(frame[frame["task"] == task])
@@ -434,10 +411,8 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
 def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
     """Paper Figure 2: per (model, layer, dimension) a panel of value vs position, one line per
     method (its longest input), the training length dashed, the threshold (Origin's value at T - 1,
-    tasks.hidden.panel_thresholds) dotted, and an x at each method's first crossing of it
-    (tasks.hidden.first_crossing)."""
-    from tasks.hidden import first_crossing, longest_curves, panel_thresholds
-
+    harness.analysis.panel_thresholds) dotted, and an x at each method's first crossing of it
+    (harness.analysis.first_crossing)."""
     rows = frame[(frame["task"] == task) & (frame["status"] == "ok")]
     if rows.empty:
         return []
@@ -490,28 +465,29 @@ def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: 
     return _save(fig, out_dir, figure.file)
 
 
-# Figure.kind -> the function that draws it
+# Figure.kind (tasks.base.FIGURE_KINDS, the one list of them) -> the function that draws it
 PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
          "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map, "hidden_curve": plot_hidden_curves}
+if set(PLOTS) != set(FIGURE_KINDS):  # a kind a task may state must have a drawing, and only those
+    raise ImportError(f"plots.figures draws the figure kinds {sorted(PLOTS)}, tasks.base.FIGURE_KINDS lists "
+                      f"{sorted(FIGURE_KINDS)}")
 
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     """Every figure task ``task`` states (none for a task without a class in this checkout)."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     figures = cls.figures if cls is not None else ()
     return [path for figure in figures for path in PLOTS[figure.kind](frame, task, figure, out_dir)]
 
 
 def captions() -> dict[str, str]:
     """{task name: the captions of its figures}, for the figures' index page."""
-    from tasks import TASKS
-
     return {name: " ".join(f.caption for f in cls.figures) for name, cls in TASKS.items() if cls.figures}
 
 
 def write_tables(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     """The task's tables of the collected rows (``Task.tables``), as CSV files next to the figures."""
-    cls = task_class(task)
+    cls = task_by_name(task)
     paths = []
     for name, table in (cls.tables(frame) if cls is not None else {}).items():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.registry import register
 from harness.validation import require_integer
 
 
@@ -49,6 +50,7 @@ class TaskInput:
 TASKS: dict[str, type[Task]] = {}
 LENGTH_UNITS = ("tokens", "lines")
 SCORE_KINDS = ("binary", "continuous", None)
+# The one list of figure kinds: plots.figures draws each (and checks it draws no other).
 FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map", "hidden_curve")
 
 
@@ -56,10 +58,12 @@ FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map", "hidd
 class Figure:
     """One figure of a task's rows versus length, drawn by ``plots.figures`` (one panel per model).
 
-    ``kind``: "accuracy" (the mean of 0/1 scores with 95% Wilson intervals), "mean_std" (the mean
-    score with a band of +- one standard deviation), or "memory_and_latency" (the columns
-    ``peak_mb``, ``prefill_s`` and ``decode_ms_per_token`` as bars and lines). Length axes in
-    tokens also mark the model's training length."""
+    ``kind`` (one of FIGURE_KINDS): "accuracy" (the mean of 0/1 scores with 95% Wilson intervals),
+    "mean_std" (the mean score with a band of +- one standard deviation), "memory_and_latency" (the
+    columns ``peak_mb``, ``prefill_s`` and ``decode_ms_per_token`` as bars and lines), "depth_map"
+    (accuracy by the ``depth`` column and length, a panel per method) or "hidden_curve" (the hidden
+    task's value vs position per layer and dimension). Length axes in tokens also mark the model's
+    training length."""
 
     file: str  # file name without suffix, e.g. "passkey_accuracy"
     kind: str
@@ -105,10 +109,7 @@ class Task:
             raise TypeError(f"task {cls.name!r}: timing_columns must be among its columns")
         if any(figure.kind not in FIGURE_KINDS for figure in cls.figures):
             raise TypeError(f"task {cls.name!r}: a figure's kind must be one of {FIGURE_KINDS}")
-        other = TASKS.get(cls.name)
-        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"two task classes are named {cls.name!r}: {other.__qualname__} and {cls.__qualname__}")
-        TASKS[cls.name] = cls
+        register(TASKS, cls, "task")
 
     # -- facts for plan mode: computed from the task's config (``params``), without building it --
     @classmethod

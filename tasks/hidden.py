@@ -27,12 +27,13 @@ predicted to fail. This task records those curves for any model and method:
   dimension's value at T - 1; ``sample`` numbers the rows of a length.
 
 The figure draws value against position per method, the training length as a vertical line, the
-threshold as a horizontal one, and marks the first crossing (:func:`first_crossing`): the first
-position past T - 1 where the value is beyond the threshold on the side away from the curve's mean
-inside T (the paper's "exceeds the threshold", for curves that rise or fall towards it), by more
-than the curve's own noise (three median steps between recorded positions inside T). The
-threshold is the model's own value at T - 1, i.e. Origin's where Origin's rows exist (one line
-per panel, as in the paper); a method without them uses its own.
+threshold as a horizontal one, and marks the first crossing: the first position past T - 1 where
+the value is beyond the threshold on the side away from the curve's mean inside T (the paper's
+"exceeds the threshold", for curves that rise or fall towards it), by more than the curve's own
+noise (three median steps between recorded positions inside T). The threshold is the model's own
+value at T - 1, i.e. Origin's where Origin's rows exist (one line per panel, as in the paper); a
+method without them uses its own. Thresholds and crossings are harness.analysis's, which the
+figure (plots.figures) and this task's table (:meth:`HiddenStateTask.tables`) share.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from harness.analysis import hidden_prediction
 from harness.architectures import architecture_of
 from harness.errors import HarnessError
-from harness.results import input_hash
-from tasks.base import Figure, Task
+from harness.identity import input_hash
+from tasks.base import TASKS, Figure, Task
 
 
 class HiddenStateTask(Task):
@@ -65,30 +67,13 @@ class HiddenStateTask(Task):
 
     @classmethod
     def tables(cls, frame) -> dict[str, Any]:
-        """``hidden_prediction``: per model, method, layer and dimension, the predicted failure
-        position (the curve's first crossing past T of the panel's threshold, on the method's longest
-        input) beside the observed one: the first length with accuracy below 0.5 in the rows of the
-        model and method of a 0/1-scored task whose lengths are tokens (passkey)."""
-        import pandas as pd
-
-        from tasks import TASKS
-
-        hidden = longest_curves(frame[(frame["task"] == cls.name) & (frame["status"] == "ok")])
-        thresholds = panel_thresholds(hidden)
+        """``hidden_prediction`` (harness.analysis.hidden_prediction): per model, method, layer and
+        dimension, the predicted failure position beside the observed one, observed in the rows of
+        the 0/1-scored tasks whose lengths are tokens (passkey)."""
         observed_tasks = [name for name, task in TASKS.items() if task.score_kind == "binary" and task.length_unit == "tokens"]
-        observed = frame[frame["task"].isin(observed_tasks) & (frame["status"] == "ok")]
-        out = []
-        for (model, method, layer, dim), cell in hidden.groupby(["model", "method", "layer", "dim"]):
-            cell = cell.sort_values("position")
-            threshold = thresholds[(model, layer, dim)]
-            predicted = first_crossing(cell["position"], cell["score"], threshold, int(cell["train_length"].iloc[0]))
-            accuracy = observed[(observed["model"] == model) & (observed["method"] == method)].groupby("length")["score"].mean()
-            failing = accuracy[accuracy < 0.5]
-            out.append(dict(model=model, method=method, layer=int(layer), dim=int(dim),
-                            longest_input=int(cell["length"].max()), threshold=threshold, predicted_failure=predicted,
-                            observed_failure=int(failing.index.min()) if len(failing) else None))
-        columns = ["model", "method", "layer", "dim", "longest_input", "threshold", "predicted_failure", "observed_failure"]
-        return {"hidden_prediction": pd.DataFrame(out, columns=columns)} if out else {}
+        ok = frame[frame["status"] == "ok"]
+        table = hidden_prediction(ok[ok["task"] == cls.name], ok[ok["task"].isin(observed_tasks)])
+        return {"hidden_prediction": table} if len(table) else {}
 
     @classmethod
     def samples_per_length(cls, params: dict) -> int:
@@ -203,41 +188,6 @@ def position_tracking_dims(values: torch.Tensor, positions: list[int], train_len
     ranks, order = ranks - ranks.mean(0), order - order.mean()
     correlation = (ranks * order).sum(0) / np.maximum(np.linalg.norm(ranks, axis=0) * np.linalg.norm(order), 1e-12)
     return sorted(np.argsort(-np.abs(correlation), kind="stable")[:count].tolist())
-
-
-def longest_curves(rows):
-    """The rows of each (model, method)'s longest input: the curve the figure and table read."""
-    return rows[rows["length"] == rows.groupby(["model", "method"])["length"].transform("max")]
-
-
-def panel_thresholds(rows) -> dict[tuple, float]:
-    """(model, layer, dim) -> the threshold: the model's value at T - 1, i.e. the baseline's (the
-    first method in the methods' order, Origin) where its rows exist, since methods that are not
-    Origin inside T (e.g. Dynamic-NTK) move their own; else the first method's in that order."""
-    from harness.methods import method_names
-
-    rank = {name: i for i, name in enumerate(method_names())}
-    ordered = rows.sort_values("method", key=lambda m: m.map(lambda name: rank.get(name, len(rank))), kind="stable")
-    return {key: float(cell["threshold"].iloc[0]) for key, cell in ordered.groupby(["model", "layer", "dim"], sort=False)}
-
-
-CROSSING_STEPS = 3  # tolerance, in median steps between recorded positions inside T: noise on a plateau is no crossing
-
-
-def first_crossing(positions, values, threshold: float, train_length: int) -> int | None:
-    """The first position >= T where ``values`` lie beyond ``threshold`` on the side away from
-    their mean over positions < T - 1, by more than CROSSING_STEPS times the median |change|
-    between successive recorded positions there (a robust scale of the curve's own movement, so
-    float noise around a plateau at the threshold does not count; None: no crossing, or no
-    position on either side of T)."""
-    positions, values = np.asarray(positions), np.asarray(values, dtype=float)
-    inside = values[positions < train_length - 1]
-    if inside.size == 0:
-        return None
-    side = np.sign(threshold - inside.mean()) or 1.0
-    margin = CROSSING_STEPS * np.median(np.abs(np.diff(inside))) if inside.size > 1 else 0.0
-    beyond = (positions >= train_length) & (side * (values - threshold) > margin)
-    return int(positions[beyond][0]) if beyond.any() else None
 
 
 def _int_list(value) -> list[int]:

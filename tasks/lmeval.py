@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.results import input_hash
+from harness.identity import input_hash, original_cwd
 from harness.validation import is_integer, require_integer
 from tasks.base import Task
 
@@ -96,8 +96,6 @@ def _is_yaml(spec: str) -> bool:
 
 def _resolve(path: str) -> str:
     """A relative path is relative to where the command was started (like results_dir)."""
-    from harness.job import original_cwd
-
     resolved = Path(path).expanduser()
     return str(resolved if resolved.is_absolute() else (original_cwd() / resolved).absolute())
 

@@ -2,7 +2,8 @@
 
 With transformers' default init (std 0.02) attention is nearly uniform and position methods
 give almost the same output, so equality tests would pass vacuously; std 0.2 makes attention
-sharp enough that a wrong position changes the logits (tests/methods/test_guard.py checks it).
+sharp enough that a wrong position changes the logits (tests/methods/test_parity.py,
+test_methods_differ_from_origin_beyond_training_length, checks it).
 """
 
 import os

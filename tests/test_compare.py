@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from harness import stats
+from harness.analysis import series_by_attention
 from harness.compare import main as compare_main
 from harness.compare import paired_rows
-from harness.results import series_by_attention
 
 
 def test_mcnemar_exact_is_the_binomial_test_on_discordant_pairs():

@@ -18,6 +18,7 @@ from harness.plan import plan_job
 from harness.results import ResultsFile
 from harness.runner import run_job
 from harness.summary import print_job_summary
+from tasks import TASKS
 from tests.test_runner import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_a_single_length_is_a_list_of_one():
 def test_task_lengths_without_brackets_runs(tmp_path):
     summary = run_job(config(tmp_path, "method=origin", "task.lengths=300", "task.samples=1"))
     assert summary.counts["ok"] == 1
-    assert list(ResultsFile(summary.path, []).read()["length"]) == [300]
+    assert list(ResultsFile(summary.path, [], tasks=TASKS).read()["length"]) == [300]
 
 
 @pytest.mark.parametrize("override,match", [

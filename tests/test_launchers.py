@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from harness.launchers import check_launcher_plugins, missing_plugin_message, plugin_for, requested_launchers
 from harness.results import collect
+from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = "origin,mesa,rerope"
@@ -37,7 +38,7 @@ def sweep(results, *launcher, samples="2"):
 
 
 def table(results: Path) -> pd.DataFrame:
-    frame = collect(results, results / "all.csv")
+    frame = collect(results, results / "all.csv", tasks=TASKS)
     return frame.drop(columns=VARYING).sort_values(SORT).reset_index(drop=True)
 
 

@@ -15,6 +15,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.results import COMMON_COLUMNS, ResultsFile, collect, comparable
 from harness.runner import run_job
+from tasks import TASKS
 from tests.test_runner import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_two_processes_writing_one_results_file_share_the_work(tmp_path):
              for i, lengths in enumerate(["[300,400]", "[400,300]"])]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    frame = ResultsFile(job_file(tmp_path), []).read()
+    frame = ResultsFile(job_file(tmp_path), [], tasks=TASKS).read()
     assert len(frame) == 50 and not frame.duplicated(["length", "sample"]).any()
     computed = [new_ok_rows(o[0]) for o in outs]
     assert sum(computed) == 50 and min(computed) > 0, computed  # each did part, together exactly all
@@ -63,7 +64,8 @@ def test_a_sample_claimed_by_another_live_process_is_left_to_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
         from harness.results import ResultsFile
-        with ResultsFile(sys.argv[1], []) as results, results.claim(400, 1) as state:
+        from tasks import TASKS
+        with ResultsFile(sys.argv[1], [], tasks=TASKS) as results, results.claim(400, 1) as state:
             print(state == "mine", flush=True)
             time.sleep(120)
     """), str(first.path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -76,7 +78,7 @@ def test_a_sample_claimed_by_another_live_process_is_left_to_it(tmp_path):
         holder.wait()
     again = run_job(cfg)
     assert again.counts["ok"] == 1
-    frame = ResultsFile(first.path, []).read()
+    frame = ResultsFile(first.path, [], tasks=TASKS).read()
     assert sorted(zip(frame["length"], frame["sample"])) == [(300, 0), (300, 1), (400, 0), (400, 1)]
 
 
@@ -95,7 +97,7 @@ def test_a_worker_killed_mid_cell_while_another_runs_then_rerun_completes(tmp_pa
     rerun = subprocess.run([*common, f"hydra.run.dir={tmp_path}/c"], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    frame = ResultsFile(job_file(tmp_path), []).read()
+    frame = ResultsFile(job_file(tmp_path), [], tasks=TASKS).read()
     assert len(frame) == 30 and not frame.duplicated(["length", "sample"]).any()
     assert (frame["status"] == "ok").all()
 
@@ -111,19 +113,19 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_goes_on(tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("interrupted: the rows written so far are kept; rerun the same command "
                                             "to go on")
-    partial = ResultsFile(job_file(tmp_path), []).read()
+    partial = ResultsFile(job_file(tmp_path), [], tasks=TASKS).read()
     assert 3 <= len(partial) < 200 and (partial["status"] == "ok").all()  # the interrupted sample left no row
 
 
 def test_a_torn_line_from_a_dead_writer_is_cut_before_the_next_row(tmp_path):
     path = tmp_path / "job.csv"
     row = {c: "x" for c in COMMON_COLUMNS} | {"length": 1, "sample": 0, "status": "ok"}
-    with ResultsFile(path, COMMON_COLUMNS) as results:
+    with ResultsFile(path, COMMON_COLUMNS, tasks=TASKS) as results:
         results.append(row)
         with open(path, "a") as other_writer:  # a process that died mid-line
             other_writer.write("1,1,ok,half a ro")
         results.append(row | {"sample": 2})
-    frame = ResultsFile(path, []).read()
+    frame = ResultsFile(path, [], tasks=TASKS).read()
     assert list(frame["sample"]) == [0, 2]
 
 
@@ -135,8 +137,8 @@ def test_the_same_sweep_twice_gives_identical_rows_apart_from_timings(tmp_path):
     for run in ("a", "b"):
         for task, method, extra in jobs:
             run_job(config(tmp_path / run, f"method={method}", "task.samples=1", *extra, task=task))
-    a = comparable(collect(tmp_path / "a", tmp_path / "a.csv"))
-    b = comparable(collect(tmp_path / "b", tmp_path / "b.csv"))
+    a = comparable(collect(tmp_path / "a", tmp_path / "a.csv", tasks=TASKS), tasks=TASKS)
+    b = comparable(collect(tmp_path / "b", tmp_path / "b.csv", tasks=TASKS), tasks=TASKS)
     assert len(a) == 5 * 2 + 1 + 1 and (a["status"] == "ok").all()
     pd.testing.assert_frame_equal(a, b)
     assert "seconds" not in a.columns and "peak_mb" not in a.columns
@@ -151,7 +153,7 @@ def test_a_crashing_job_does_not_stop_the_sweep(tmp_path):
     assert done.returncode == 1
     assert "sweep: 2 jobs, 1 new ok rows, 0 failed samples, 1 jobs not run" in done.stdout
     assert "vocab_size=-1" in done.stdout and "RuntimeError" in done.stdout
-    assert len(ResultsFile(job_file(tmp_path), []).read()) == 1
+    assert len(ResultsFile(job_file(tmp_path), [], tasks=TASKS).read()) == 1
 
 
 # -- error paths ------------------------------------------------------------------------------
@@ -216,10 +218,10 @@ def test_a_disk_that_fills_up_mid_row_keeps_every_whole_row(tmp_path, monkeypatc
         run_job(cfg)
     path = job_file(tmp_path)
     assert path.read_text().endswith("\n")
-    assert len(ResultsFile(path, []).read()) == 2
+    assert len(ResultsFile(path, [], tasks=TASKS).read()) == 2
     monkeypatch.undo()
     again = run_job(cfg)  # space freed: the same command goes on
-    frame = ResultsFile(path, []).read()
+    frame = ResultsFile(path, [], tasks=TASKS).read()
     assert again.counts["ok"] == 2 and len(frame) == 4 and not frame.duplicated(["length", "sample"]).any()
 
 
@@ -230,12 +232,13 @@ def test_a_real_file_size_limit_mid_write(tmp_path):
         import resource, signal, sys
         from harness.errors import HarnessError
         from harness.results import COMMON_COLUMNS, ResultsFile
+        from tasks import TASKS
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
         row = {c: "v" * 20 for c in COMMON_COLUMNS} | {"length": 8, "status": "ok"}
         written = 0
         try:
-            with ResultsFile(sys.argv[1], COMMON_COLUMNS) as results:
+            with ResultsFile(sys.argv[1], COMMON_COLUMNS, tasks=TASKS) as results:
                 for sample in range(100):
                     results.append(row | {"sample": sample})
                     written += 1
@@ -248,5 +251,5 @@ def test_a_real_file_size_limit_mid_write(tmp_path):
     written, message = out.split(" ", 1)
     assert int(written) >= 1 and "rows already written are kept" in message, out
     assert path.read_text().endswith("\n") and path.stat().st_size <= 1500
-    frame = ResultsFile(path, []).read()
+    frame = ResultsFile(path, [], tasks=TASKS).read()
     assert list(frame["sample"]) == list(range(int(written)))

@@ -12,6 +12,7 @@ from harness.errors import HarnessError
 from harness.job import results_path
 from harness.results import COMMON_COLUMNS, ResultsFile, collect
 from harness.runner import run_job
+from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ def config(tmp_path, *overrides, task="passkey"):
 
 
 def rows(summary) -> pd.DataFrame:
-    return ResultsFile(summary.path, []).read()
+    return ResultsFile(summary.path, [], tasks=TASKS).read()
 
 
 def test_a_job_writes_one_tidy_row_per_length_and_sample(tmp_path):
@@ -74,7 +75,7 @@ def test_a_crash_loses_at_most_the_sample_in_flight(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg)
     path = results_path(cfg)[0]
-    assert len(ResultsFile(path, []).read()) == 2
+    assert len(ResultsFile(path, [], tasks=TASKS).read()) == 2
     monkeypatch.undo()
     summary = run_job(cfg)
     assert summary.counts["ok"] == 2 and summary.counts["skipped"] == 2
@@ -153,7 +154,7 @@ def test_a_corpus_without_long_documents(tmp_path):
 def test_collect_gathers_every_job(tmp_path):
     run_job(config(tmp_path, "method=origin", "task.lengths=[300]"))
     run_job(config(tmp_path, "method=mesa", "task.lengths=[300]"))
-    table = collect(tmp_path, tmp_path / "all.csv")
+    table = collect(tmp_path, tmp_path / "all.csv", tasks=TASKS)
     assert len(table) == 4 and set(table["method"]) == {"origin", "mesa"}
     assert len(pd.read_csv(tmp_path / "all.csv")) == 4
 
@@ -199,11 +200,11 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path):
         csv_rows = files[0].read_text().count("\n") - 1 if files else 0
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = ResultsFile(files[0], []).read()
+    partial = ResultsFile(files[0], [], tasks=TASKS).read()
     assert 5 <= len(partial) < 300, "the kill should land mid-run"
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    frame = ResultsFile(files[0], []).read()
+    frame = ResultsFile(files[0], [], tasks=TASKS).read()
     assert len(frame) == 300 and not frame.duplicated(["length", "sample"]).any()
     assert (frame["status"] == "ok").all()
 
@@ -287,10 +288,10 @@ def test_a_failed_sample_is_retried_only_with_retry_failed_and_its_new_row_repla
     assert retried.path.read_text().count("\n") == 1 + 5
     frame = rows(retried)
     assert len(frame) == 4 and (frame["status"] == "ok").all() and not frame.duplicated(["length", "sample"]).any()
-    assert len(collect(tmp_path, tmp_path / "all.csv")) == 4
+    assert len(collect(tmp_path, tmp_path / "all.csv", tasks=TASKS)) == 4
     from harness.results import read_rows
 
-    assert len(read_rows(retried.path)) == 4  # a job's own CSV given to compare or plots
+    assert len(read_rows(retried.path, tasks=TASKS)) == 4  # a job's own CSV given to compare or plots
     monkeypatch.setattr("harness.models.load_model", no_model)
     assert run_job(config(tmp_path, "method=origin", "retry_failed=true")).counts["skipped"] == 4
 

@@ -16,8 +16,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
 from harness.errors import HarnessError
-from harness.job import method_settings
-from harness.methods import METHODS, apply_method, method_names, method_parameters
+from harness.methods import METHODS, apply_method, method_names, method_parameters, method_settings
 from tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +79,20 @@ def test_no_file_but_its_own_module_names_a_method_or_a_task(kind, registry):
     for path in code:
         named = _names_in_code(path) & set(registry)
         assert all(own[name] == path.resolve() for name in named), f"{path.relative_to(ROOT)} names {kind}s {named}"
+
+
+@pytest.mark.parametrize("base,kind,registry", [
+    ("harness.methods.method:Method", "method", METHODS), ("tasks.base:Task", "task", TASKS)])
+def test_a_second_class_with_a_registered_name_is_refused(base, kind, registry):
+    """One check for both registries (harness.registry.register): a name means one class."""
+    module, _, name = base.partition(":")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    taken = next(iter(registry))
+    before = dict(registry)
+    facts = dict(label="Clash", color="#000001", marker="p", order=99) if kind == "method" else {}
+    with pytest.raises(TypeError, match=f"two {kind} classes are named '{taken}'"):
+        type("Clash", (cls,), dict(name=taken, __module__=__name__, **facts))
+    assert registry == before
 
 
 # -- a method defined only in this test ----------------------------------------------------------
@@ -160,11 +173,11 @@ def test_a_new_method_is_one_module_and_one_config(throwaway, tmp_path):
     # the runner builds and applies it; its rows and their parameters go where every method's go
     summary = run_job(_with_throwaway(config(results, "method=origin", "task.lengths=[300]", "task.samples=1"),
                                       throwaway / "conf"))
-    rows = ResultsFile(summary.path, []).read()
+    rows = ResultsFile(summary.path, [], tasks=TASKS).read()
     assert summary.counts["ok"] == 1 and set(rows["method"]) == {"throwaway"}
     assert rows["method_params"].iloc[0] == '{"strength": 7, "train_length": null}'
     run_job(config(results, "method=origin", "task.lengths=[300]", "task.samples=1"))
-    table = collect(results, results / "all.csv")
+    table = collect(results, results / "all.csv", tasks=TASKS)
 
     # figures take its label, colour and marker, and list it after the methods ordered before it
     assert style("throwaway") == dict(color="#123456", marker="p", label="Throwaway")

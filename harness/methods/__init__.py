@@ -43,11 +43,18 @@ def method_parameters(name: str) -> dict[str, object]:
     return method_class(name).parameters()
 
 
+def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
+    """(name, parameters) of a ``conf/method`` node: the parameters are what the method's class
+    takes, i.e. every key but ``name`` and ``_target_`` (the class that builds it)."""
+    params = OmegaConf.to_container(method_cfg, resolve=True)
+    name = params.pop("name")
+    params.pop("_target_", None)
+    return name, params
+
+
 def method_from_config(method_cfg: DictConfig | dict, default_train_length: int | None) -> Method:
     """The method a ``conf/method`` node describes: its ``_target_`` class with its parameters.
     ``default_train_length`` (the model's) is used where the config's ``train_length`` is null."""
-    from harness.job import method_settings
-
     if not isinstance(method_cfg, DictConfig):
         method_cfg = OmegaConf.create(method_cfg)
     name, params = method_settings(method_cfg)
@@ -90,4 +97,4 @@ def apply_method(model: nn.Module, method: str | Method, **params) -> nn.Module:
 
 
 __all__ = ["METHODS", "Method", "apply_method", "method_from_config", "method_names", "method_parameters",
-           "remove_method", "mesa_chunk_plan", "stair_positions"]
+           "method_settings", "remove_method", "mesa_chunk_plan", "stair_positions"]

@@ -27,6 +27,7 @@ from torch import nn
 
 from harness.architectures import architecture_of, model_type_of, rope_kind
 from harness.errors import HarnessError, UnsupportedModelError
+from harness.registry import register
 from harness.validation import require_integer
 
 # "exact": decoding with the KV cache gives the logits of recomputing the whole sequence;
@@ -62,10 +63,7 @@ class Method(ABC):
             raise TypeError(f"method class {cls.__qualname__} ({cls.name!r}) does not state its {', '.join(missing)}")
         if cls.cached_decoding not in CACHED_DECODING:
             raise TypeError(f"method {cls.name!r}: cached_decoding must be one of {CACHED_DECODING}")
-        other = METHODS.get(cls.name)
-        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"two method classes are named {cls.name!r}: {other.__qualname__} and {cls.__qualname__}")
-        METHODS[cls.name] = cls
+        register(METHODS, cls, "method")
 
     def __init__(self, train_length: int):
         self.train_length = require_integer(train_length, "train_length")

@@ -178,7 +178,8 @@ def test_every_method_has_one_style_everywhere(tmp_path):
 
 def test_eager_rows_are_their_own_series():
     """Origin with eager attention (the paper's baseline) is drawn beside Origin with sdpa, never averaged into it."""
-    from plots.figures import series_by_attention, style
+    from harness.analysis import series_by_attention
+    from plots.figures import style
 
     frame = table(tasks=("speed",), models=("smollm2-135m",))
     frame["attn_implementation"] = "sdpa"

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.analysis import first_crossing
 from harness.byte_tokenizer import ByteTokenizer
 from harness.errors import HarnessError
 from harness.methods import apply_method
-from tasks.hidden import HiddenStateTask, first_crossing, position_tracking_dims
+from tasks.hidden import HiddenStateTask, position_tracking_dims
 from tests.conftest import TRAIN_LENGTH, tiny_model
 
 

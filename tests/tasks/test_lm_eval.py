@@ -21,6 +21,7 @@ from harness.plan import format_plan, plan_job
 from harness.results import COMMON_COLUMNS, ResultsFile
 from harness.runner import run_job
 from harness.summary import print_job_summary
+from tasks import TASKS
 from tasks.lmeval import LmEvalTask, rows_from_results
 from tests.conftest import TRAIN_LENGTH
 
@@ -38,7 +39,7 @@ def lm_config(tmp_path, *overrides, model="tiny-random", tasks=(CHOICE, GENERATE
 
 
 def rows(summary) -> pd.DataFrame:
-    return ResultsFile(summary.path, []).read()
+    return ResultsFile(summary.path, [], tasks=TASKS).read()
 
 
 def no_model(*args, **kwargs):
