@@ -31,7 +31,8 @@ def series_name(method: str, variant: str | None) -> str:
 
 
 def split_series(series: str) -> tuple[str, str | None]:
-    """"<method> (eager)" -> ("<method>", "eager"); "<method>" -> ("<method>", None): the inverse of :func:`series_name`."""
+    """"<method> (eager)" -> ("<method>", "eager"); "<method>" -> ("<method>", None): the inverse of
+    :func:`series_name`."""
     method, _, variant = series.partition(" (")
     return (method, variant[:-1]) if variant.endswith(")") else (series, None)
 
@@ -90,7 +91,8 @@ def panel_thresholds(rows: pd.DataFrame) -> dict[tuple, float]:
     Origin inside T (e.g. Dynamic-NTK) move their own; else the first method's in that order."""
     rank = {name: i for i, name in enumerate(method_names())}
     ordered = rows.sort_values("method", key=lambda m: m.map(lambda name: rank.get(name, len(rank))), kind="stable")
-    return {key: float(cell["threshold"].iloc[0]) for key, cell in ordered.groupby(["model", "layer", "dim"], sort=False)}
+    return {key: float(cell["threshold"].iloc[0])
+            for key, cell in ordered.groupby(["model", "layer", "dim"], sort=False)}
 
 
 def first_crossing(positions, values, threshold: float, train_length: int) -> int | None:
@@ -125,7 +127,8 @@ def hidden_prediction(hidden: pd.DataFrame, observed: pd.DataFrame) -> pd.DataFr
         cell = cell.sort_values("position")
         threshold = thresholds[(model, layer, dim)]
         predicted = first_crossing(cell["position"], cell["score"], threshold, int(cell["train_length"].iloc[0]))
-        accuracy = observed[(observed["model"] == model) & (observed["method"] == method)].groupby("length")["score"].mean()
+        accuracy = (observed[(observed["model"] == model) & (observed["method"] == method)]
+                    .groupby("length")["score"].mean())
         failing = accuracy[accuracy < FAILING_ACCURACY]
         out.append(dict(model=model, method=method, layer=int(layer), dim=int(dim),
                         longest_input=int(cell["length"].max()), threshold=threshold, predicted_failure=predicted,

@@ -15,7 +15,8 @@ from tasks import TASKS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.collect", description=__doc__)
-    parser.add_argument("--results", type=Path, default=Path("results"), help="the results directory (default: results)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="the results directory (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="default: <results>/all.csv")
     args = parser.parse_args(argv)
     out = args.out or args.results / "all.csv"

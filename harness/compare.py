@@ -16,8 +16,8 @@ inputs both scored ``ok`` with the same ``input_hash``:
 task's direction (``higher_is_better``; empty when equal), significant or not: compare ``p_value``
 with your alpha (the printed table names the better series only when p < alpha). With 2-4
 samples per length nothing can be significant (the smallest two-sided exact p-value with n pairs
-is 2 / 2^n): the table says so rather than hiding it. Rows: one per (model, task, length, first, second), the first series later
-in the methods' order than the second (so Origin is always second).
+is 2 / 2^n): the table says so rather than hiding it. Rows: one per (model, task, length, first,
+second), the first series later in the methods' order than the second (so Origin is always second).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def report(rows: pd.DataFrame, alpha: float, baseline: str | None) -> str:
         return "no pairs of methods with rows on the same inputs"
     table = shown.assign(
         difference=shown["difference"].map("{:+.3f}".format),
-        ci=[f"[{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else "-" for lo, hi in zip(shown["ci_low"], shown["ci_high"])],
+        ci=[f"[{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else "-"
+            for lo, hi in zip(shown["ci_low"], shown["ci_high"])],
         p_value=shown["p_value"].map("{:.3g}".format),
         better=[(r["first"] if r["better"] == "first" else r["second"]) if p < alpha and r["better"] else "-"
                 for r, p in zip(shown.to_dict("records"), shown["p_value"])],
@@ -114,7 +115,8 @@ def report(rows: pd.DataFrame, alpha: float, baseline: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"),
                         help="a results directory (with runs/) or a collected CSV (default: results)")
     parser.add_argument("--out", type=Path, default=None, help="the CSV of every pair (default: <results>/compare.csv)")

@@ -133,7 +133,8 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
     lengths, samples = check_job(cfg, plan=True)  # the device is the one planned for, not this machine's
     path, _ = results_path(cfg)
-    done = ResultsFile(path, [], tasks=TASKS).done(retry_failed=bool(cfg.get("retry_failed")))  # what a run would compute
+    # what a run would compute
+    done = ResultsFile(path, [], tasks=TASKS).done(retry_failed=bool(cfg.get("retry_failed")))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
     task = task_class_from_config(cfg.task)  # its facts are class methods: nothing is built

@@ -55,8 +55,8 @@ from harness.errors import HarnessError
 
 COMMON_COLUMNS = [
     "model", "method", "task", "metric", "length", "sample", "status", "score", "tokens", "input_hash",
-    "seconds", "message", "seed", "device", "dtype", "attn_implementation", "method_params", "config_hash", "git_rev", "versions",
-    "timestamp",
+    "seconds", "message", "seed", "device", "dtype", "attn_implementation", "method_params", "config_hash", "git_rev",
+    "versions", "timestamp",
 ]
 STATUSES = ("ok", "oom", "error")
 # Common columns that differ between two runs of the same sweep (wall-clock); each task states its
@@ -317,7 +317,8 @@ def latest_attempts(frame: pd.DataFrame) -> pd.DataFrame:
     order = pd.Series(np.arange(len(frame)), index=frame.index)
     last_of_sample = order.groupby([*job, frame["length"], frame["sample"]], dropna=False).transform("max")
     last_of_length = order.groupby([*job, frame["length"]], dropna=False).transform("max")
-    replaced = (frame["status"] != "ok") & ((order < last_of_sample) | ((frame["sample"] == -1) & (order < last_of_length)))
+    replaced = (frame["status"] != "ok") & ((order < last_of_sample)
+                                            | ((frame["sample"] == -1) & (order < last_of_length)))
     return frame[~replaced].reset_index(drop=True) if replaced.any() else frame
 
 

@@ -54,7 +54,8 @@ class JobSummary:
 
 def _git_rev() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
@@ -133,7 +134,8 @@ def run_job(cfg: DictConfig) -> JobSummary:
 
     provenance = dict(model=loaded.name, method=method_name, task=cfg.task.name, metric=task.metric, seed=cfg.seed,
                       device=str(cfg.device), dtype=cfg.dtype,
-                      attn_implementation=cfg.model.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION, method_params=json.dumps(params, sort_keys=True),
+                      attn_implementation=cfg.model.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION,
+                      method_params=json.dumps(params, sort_keys=True),
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)

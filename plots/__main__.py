@@ -2,7 +2,8 @@
 
 ``--results`` is a collected CSV or, as for harness.collect and harness.compare, a results
 directory (its ``runs/**``). Figures are written next to the rows they come from:
-``<folder of the CSV>/figures/`` or ``<results directory>/figures/`` unless ``--out`` says otherwise. ``make figures`` collects ``results/cpu-smollm2/runs/**`` into
+``<folder of the CSV>/figures/`` or ``<results directory>/figures/`` unless ``--out`` says otherwise.
+``make figures`` collects ``results/cpu-smollm2/runs/**`` into
 ``results/cpu-smollm2/all.csv`` and draws the committed figures into ``results/cpu-smollm2/figures/``;
 ``make figures FIGURES_FROM=results`` draws one's own rows into ``results/figures/``.
 """

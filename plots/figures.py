@@ -27,13 +27,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.legend_handler import HandlerTuple  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.legend_handler import HandlerTuple  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from harness.analysis import (  # noqa: E402
-    baseline, first_crossing, longest_curves, panel_thresholds, series_by_attention, series_order, split_series)
+    baseline,
+    first_crossing,
+    longest_curves,
+    panel_thresholds,
+    series_by_attention,
+    series_order,
+    split_series,
+)
 from harness.compare import paired_rows  # noqa: E402
 from harness.methods import METHODS  # noqa: E402
 from harness.models import configured_train_length  # noqa: E402
@@ -283,7 +290,8 @@ def plot_memory_and_latency(frame: pd.DataFrame, task: str, figure: Figure, out_
         handles = []  # one entry per method: its bar and its line
         for i, method in enumerate(present):
             st = style(method)
-            cell = sub[sub["method"] == method].groupby("length")[["peak_mb", "prefill_s", "decode_ms_per_token"]].mean()
+            cell = (sub[sub["method"] == method]
+                    .groupby("length")[["peak_mb", "prefill_s", "decode_ms_per_token"]].mean())
             cell = cell.reindex(lengths)
             offset = (i - (len(present) - 1) / 2) * width
             bars = ax_mem.bar(x + offset, cell["peak_mb"] / 1024, width, color=st["color"], alpha=0.45)
@@ -342,7 +350,8 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                 text = "n/a" if np.isnan(value) else f"{value:.3g}"
                 if (method, length) in failed.index and np.isnan(value):
                     text = sub[(sub["method"] == method) & (sub["length"] == length)]["status"].iloc[0].upper()
-                bright = np.isnan(value) or (high > low and (value - low) / (high - low) > 0.6)  # viridis is light on top
+                # viridis is light on top
+                bright = np.isnan(value) or (high > low and (value - low) / (high - low) > 0.6)
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if bright else "white")
         metric = sub["metric"].iloc[0]
         ax.set_xticks(range(len(lengths)), [length_label(v) for v in lengths])
@@ -397,7 +406,8 @@ def plot_depth_map(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path
             st = style(method)
             ax.set_title(f"{st['label']}: {model}", fontsize=8, color=st["color"])
             ax.set_xticks(range(len(lengths)), [length_label(v) for v in lengths], fontsize=7)
-            ax.set_yticks(range(DEPTH_BINS), [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])], fontsize=7)
+            ax.set_yticks(range(DEPTH_BINS), [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])],
+                          fontsize=7)
             if k % columns == 0:
                 ax.set_ylabel(figure.ylabel, fontsize=7)
             if k >= len(methods) - columns:  # the lowest panel of its column

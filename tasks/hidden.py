@@ -70,7 +70,8 @@ class HiddenStateTask(Task):
         """``hidden_prediction`` (harness.analysis.hidden_prediction): per model, method, layer and
         dimension, the predicted failure position beside the observed one, observed in the rows of
         the 0/1-scored tasks whose lengths are tokens (passkey)."""
-        observed_tasks = [name for name, task in TASKS.items() if task.score_kind == "binary" and task.length_unit == "tokens"]
+        observed_tasks = [name for name, task in TASKS.items()
+                          if task.score_kind == "binary" and task.length_unit == "tokens"]
         ok = frame[frame["status"] == "ok"]
         table = hidden_prediction(ok[ok["task"] == cls.name], ok[ok["task"].isin(observed_tasks)])
         return {"hidden_prediction": table} if len(table) else {}
@@ -159,7 +160,8 @@ class HiddenStateTask(Task):
         finally:
             for handle in handles:
                 handle.remove()
-        anchor = positions.index(self.train_length - 1) if (self.train_length or 0) - 1 in positions else len(positions) - 1
+        anchor = (positions.index(self.train_length - 1) if (self.train_length or 0) - 1 in positions
+                  else len(positions) - 1)
         digest = input_hash(ids)
         rows = []
         for index, layer in zip(self.layers, chosen):
@@ -176,7 +178,8 @@ class HiddenStateTask(Task):
         return rows
 
 
-def position_tracking_dims(values: torch.Tensor, positions: list[int], train_length: int | None, count: int) -> list[int]:
+def position_tracking_dims(values: torch.Tensor, positions: list[int], train_length: int | None,
+                           count: int) -> list[int]:
     """The ``count`` dimensions whose value follows position most closely inside the training
     length: the largest |Spearman correlation| between value and position over the recorded
     positions < T (all of them when T is unknown or beyond the input), in ascending order.

@@ -31,13 +31,15 @@ TINY_ARCHITECTURES = {
     "mistral": dict(model_type="mistral", sliding_window=None),
     "qwen2": dict(model_type="qwen2", use_sliding_window=False),
     "qwen3": dict(model_type="qwen3", use_sliding_window=False),
-    "phi3": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2),  # partial rotary
+    # partial rotary
+    "phi3": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2),
     # Phi-3-128k's LongRoPE: short factors up to 64 tokens (original_max_position_embeddings), long
     # ones beyond; T = max_position_embeddings = 128. Factor lists: rotary_dim / 2 = 4 entries.
     "phi3-longrope": dict(model_type="phi3", partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                           original_max_position_embeddings=64,
-                          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5, factor=2.0,
-                                               short_factor=[1.0, 1.3, 1.9, 2.6], long_factor=[1.0, 2.2, 4.5, 9.0])),
+                          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                               factor=2.0, short_factor=[1.0, 1.3, 1.9, 2.6],
+                                               long_factor=[1.0, 2.2, 4.5, 9.0])),
     # Pythia: partial rotary (Pythia's own is 0.25 of 128 channels; half of 16 here, so positions
     # matter in the tiny model), no GQA, parallel residual.
     "gpt_neox": dict(model_type="gpt_neox", rotary_pct=0.5),
@@ -53,7 +55,8 @@ ARCHITECTURES = {k: v for k, v in TINY_ARCHITECTURES.items()
 ALIBI_ARCHITECTURES = {k: v for k, v in TINY_ARCHITECTURES.items() if k not in ARCHITECTURES}
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
+def tiny_model(arch: str = "llama", seed: int = 0, attn_implementation: str | None = None,
+               **overrides) -> torch.nn.Module:
     """A 2-layer model with GQA (4 query heads, 2 kv heads), trained length 128, fp32, eval mode.
     ``attn_implementation``: transformers' default (sdpa) unless given (eager). ALiBi models
     (MPT) take only their own entry's keys, 4 heads without GQA, and eager attention, the only

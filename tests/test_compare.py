@@ -79,7 +79,8 @@ def test_different_inputs_and_eager_rows_are_never_paired():
     assert out.iloc[0].pairs == 2  # sample 2 saw another input
     eager = rows("passkey", {"origin": [1, 1, 1]}).assign(attn_implementation="eager")
     out = paired_rows(series_by_attention(pd.concat([frame, eager])))
-    assert {("origin (eager)", "origin"), ("mesa", "origin (eager)"), ("mesa", "origin")} == set(zip(out["first"], out["second"]))
+    assert ({("origin (eager)", "origin"), ("mesa", "origin (eager)"), ("mesa", "origin")}
+            == set(zip(out["first"], out["second"])))
 
 
 def test_command_line_writes_every_pair_and_errors_in_one_line(tmp_path, capsys):
@@ -96,7 +97,8 @@ def test_command_line_writes_every_pair_and_errors_in_one_line(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("content,message", [
-    ("", "is empty: no rows"), ("a,b\n1,2\n", "is not a results table (no model, method, task, length, sample, status column)"),
+    ("", "is empty: no rows"),
+    ("a,b\n1,2\n", "is not a results table (no model, method, task, length, sample, status column)"),
     ("\xff\xfe\x00", "is not a results table"),
 ], ids=["empty", "foreign", "binary"])
 def test_a_file_that_is_no_results_table_is_one_line(tmp_path, capsys, content, message):

@@ -41,7 +41,8 @@ def test_both_committed_reproductions_are_checked():
 def test_a_committed_file_is_named_by_the_hash_of_its_config(csv):
     cfg = OmegaConf.load(csv.with_suffix(".yaml"))
     path, digest = results_path(cfg)
-    assert path.relative_to(path.parents[3]) == csv.relative_to(csv.parents[3])  # runs/<task>/<model>/<method>-<hash>.csv
+    # runs/<task>/<model>/<method>-<hash>.csv
+    assert path.relative_to(path.parents[3]) == csv.relative_to(csv.parents[3])
     assert set(committed_rows(csv)["config_hash"]) == {digest}
 
 
@@ -55,7 +56,8 @@ def test_committed_speed_rows_keep_their_input_hashes():
             continue  # the embedded model before its first load: no vocabulary known
         task = build_task(cfg)
         for row in committed_rows(csv).itertuples():
-            assert input_hash(task.build_input(row.length, row.sample).input_ids) == row.input_hash, (csv.name, row.length)
+            assert input_hash(task.build_input(row.length, row.sample).input_ids) == row.input_hash, (
+                csv.name, row.length)
             checked += 1
     assert checked >= 45  # at least the GPU sweep's rows, whose architecture is in their config
 

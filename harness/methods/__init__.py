@@ -64,7 +64,8 @@ def method_from_config(method_cfg: DictConfig | dict, default_train_length: int 
     try:
         cls = get_class(target)  # imports the class's module, which registers the method
     except Exception as error:  # noqa: BLE001 - Hydra reports a bad path in several exception types
-        raise HarnessError(f"method {name!r}: cannot import _target_ {target!r} ({str(error).splitlines()[0]})") from None
+        raise HarnessError(f"method {name!r}: cannot import _target_ {target!r} "
+                           f"({str(error).splitlines()[0]})") from None
     if getattr(cls, "name", None) != name or METHODS.get(name) is not cls:
         raise HarnessError(f"method config {name!r} names class {target!r}, which is not the method {name!r}")
     return build_method(name, default_train_length, **params)

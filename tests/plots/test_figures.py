@@ -43,7 +43,8 @@ def test_missing_method_is_listed_and_oom_cells_marked(tmp_path):
     tiny = [ax for ax in fig.axes if "tiny-random" in ax.get_title()][0]
     smol = [ax for ax in fig.axes if "smollm2" in ax.get_title()][0]
     labels = [t.get_text() for t in tiny.get_legend().get_texts()]
-    assert "no rows: ReRoPE" in labels and not any("no data" in label for label in labels)  # one line, not one per method
+    # one line, not one per method
+    assert "no rows: ReRoPE" in labels and not any("no data" in label for label in labels)
     assert "no rows" not in " ".join(t.get_text() for t in smol.get_legend().get_texts())
     assert any(t.get_text() == "OOM" for t in smol.texts)
     assert any("training length (8192)" in label for label in smol.get_legend_handles_labels()[1])
@@ -191,7 +192,8 @@ def test_eager_rows_are_their_own_series():
     assert series_by_attention(table()).equals(table())  # rows without the column are left alone
 
 
-NINE = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "streaming-llm", "lm-infinite", "self-extend", "yarn"]
+NINE = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "streaming-llm", "lm-infinite", "self-extend",
+        "yarn"]
 
 
 def nine_methods() -> pd.DataFrame:
@@ -210,9 +212,8 @@ def _overlaps(boxes) -> list:
 def test_accuracy_with_nine_methods_is_readable(tmp_path):
     """The committed figure had its plot in ~40% of the width beside the legend, "12k16k" and "n=10n=10"
     running together, and nine error bars on top of each other at each length."""
-    from matplotlib.container import ErrorbarContainer
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.container import ErrorbarContainer
 
     fig = _figure_of(lambda f, out: plot_task(f, "passkey", out), nine_methods(), tmp_path)
     canvas = FigureCanvasAgg(fig)  # the figure was closed after saving
