@@ -169,14 +169,18 @@ def model_type_of(model_or_config) -> str:
     return getattr(config, "model_type", type(model_or_config).__name__)
 
 
-def architecture_of(model: nn.Module) -> Architecture:
-    """The table's entry for ``model``; one line naming the supported types if there is none."""
-    model_type = model_type_of(model)
+def architecture_named(model_type: str) -> Architecture:
+    """The table's entry for ``model_type``; one line naming the supported types if there is none."""
     if model_type not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"model type {model_type!r} is not in the architecture table; supported: {', '.join(ARCHITECTURES)}"
         )
     return ARCHITECTURES[model_type]
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    """The table's entry for a loaded ``model`` (or its transformers config)."""
+    return architecture_named(model_type_of(model))
 
 
 # The model type of an ``architecture`` dict that names none (the LLaMA shape of most paper models).
@@ -185,12 +189,7 @@ DEFAULT_MODEL_TYPE = "llama"
 
 def architecture_for(config: Mapping) -> Architecture:
     """The entry of a config dict (``model_type`` absent: :data:`DEFAULT_MODEL_TYPE`)."""
-    model_type = config.get("model_type", DEFAULT_MODEL_TYPE)
-    if model_type not in ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"model type {model_type!r} is not in the architecture table; supported: {', '.join(ARCHITECTURES)}"
-        )
-    return ARCHITECTURES[model_type]
+    return architecture_named(config.get("model_type", DEFAULT_MODEL_TYPE))
 
 
 def context_length(model_or_config) -> int | None:
