@@ -192,15 +192,28 @@ def architecture_for(config: Mapping) -> Architecture:
     return architecture_named(config.get("model_type", DEFAULT_MODEL_TYPE))
 
 
-def context_length(model_or_config) -> int | None:
-    """The context length a model's config advertises (max_position_embeddings, MPT's max_seq_len);
-    a model, its transformers config, or a config dict."""
+def _entry_and_getter(model_or_config, strict: bool = True) -> tuple[Architecture, Callable]:
+    """The table entry of a model, its transformers config or a config dict, and ``get(key,
+    default)`` on that config. ``strict=False``: a type outside the table reads as
+    :data:`DEFAULT_MODEL_TYPE`'s entry (its key names) instead of being refused."""
     config = getattr(model_or_config, "config", model_or_config)
     if isinstance(config, Mapping):
-        value = config.get(architecture_for(config).context_key)
+        model_type, get = config.get("model_type", DEFAULT_MODEL_TYPE), config.get
     else:
-        value = getattr(config, ARCHITECTURES.get(model_type_of(config), ARCHITECTURES[DEFAULT_MODEL_TYPE]).context_key,
-                        None)
+        model_type = model_type_of(config)
+
+        def get(key, default=None):
+            return getattr(config, key, default)
+    if not strict and model_type not in ARCHITECTURES:
+        model_type = DEFAULT_MODEL_TYPE
+    return architecture_named(model_type), get
+
+
+def context_length(model_or_config) -> int | None:
+    """The context length a model's config advertises (max_position_embeddings, MPT's max_seq_len);
+    a model, its transformers config, or a config dict (a type outside the table: max_position_embeddings)."""
+    architecture, get = _entry_and_getter(model_or_config, strict=False)
+    value = get(architecture.context_key)
     return None if value is None else int(value)
 
 
@@ -209,13 +222,7 @@ def rope_kind(model_or_config) -> str:
     its frequencies depend on the length in a way no method handles (e.g. dynamic).
 
     Takes a model, its transformers config, or a config dict (plan mode's ``architecture``)."""
-    config = getattr(model_or_config, "config", model_or_config)
-    if isinstance(config, Mapping):
-        architecture, get = architecture_for(config), config.get
-    else:
-        architecture = architecture_of(model_or_config)
-        def get(key, default=None):
-            return getattr(config, key, default)
+    architecture, get = _entry_and_getter(model_or_config)
     if architecture.positions == "alibi":
         return "alibi"
     parameters = get("rope_parameters") or get("rope_scaling") or {}
