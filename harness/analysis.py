@@ -2,10 +2,11 @@
 rows form and in which order, which method is the baseline, and the hidden-state argument's
 thresholds, crossings and predicted-vs-observed table.
 
-Series: rows run with a non-default attention implementation form a series of their own,
-"<method> (<implementation>)" (e.g. "origin (eager)"), so they are never averaged or paired with
-the same method's sdpa rows. :func:`series_name` builds that name and :func:`split_series` parses
-it; nothing else does either.
+Series: rows run with a non-default attention implementation, or with a ``label`` (a job's name
+for its settings, e.g. ``label=8k-settings``), form a series of their own, "<method> (<variant>)"
+(e.g. "origin (eager)", "mesa (8k-settings)", "mesa (eager, 8k-settings)"), so they are never
+averaged or paired with the same method's plain rows. :func:`series_name` builds that name and
+:func:`split_series` parses it; nothing else does either.
 
 Nothing here draws or tests: plots.figures draws, harness.compare tests.
 """
@@ -26,7 +27,7 @@ DEFAULT_ATTENTION = DEFAULT_ATTN_IMPLEMENTATION
 
 # -- series -------------------------------------------------------------------------------------
 def series_name(method: str, variant: str | None) -> str:
-    """"<method>" for the default attention implementation (``variant`` None), else "<method> (<variant>)"."""
+    """"<method>" for a method's plain rows (``variant`` None), else "<method> (<variant>)"."""
     return method if variant is None else f"{method} ({variant})"
 
 
@@ -37,17 +38,32 @@ def split_series(series: str) -> tuple[str, str | None]:
     return (method, variant[:-1]) if variant.endswith(")") else (series, None)
 
 
-def series_by_attention(frame: pd.DataFrame) -> pd.DataFrame:
+SERIES_PARTS_SEPARATOR = ", "
+
+
+def variant_parts(variant: str | None) -> list[str]:
+    """The parts of a series' variant, in order: a non-default attention implementation, then the
+    job's ``label`` (e.g. "eager, 8k-settings" -> ["eager", "8k-settings"])."""
+    return variant.split(SERIES_PARTS_SEPARATOR) if variant else []
+
+
+def series_by_settings(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows with ``method`` naming their series: rows run with a non-default attention
-    implementation are renamed "<method> (<implementation>)" (see the module docstring)."""
-    if "attn_implementation" not in frame.columns:
+    implementation, or with a ``label``, are renamed "<method> (<implementation>, <label>)"
+    (only the parts that are set; see the module docstring)."""
+    parts = []
+    if "attn_implementation" in frame.columns:
+        attention = frame["attn_implementation"].fillna(DEFAULT_ATTENTION).astype(str)
+        parts.append(attention.where(attention != DEFAULT_ATTENTION, ""))
+    if "label" in frame.columns:
+        parts.append(frame["label"].fillna("").astype(str))
+    if not parts:
         return frame
-    other = frame["attn_implementation"].fillna(DEFAULT_ATTENTION) != DEFAULT_ATTENTION
-    if not other.any():
+    variants = [SERIES_PARTS_SEPARATOR.join(p for p in row if p) for row in zip(*parts)]
+    if not any(variants):
         return frame
     frame = frame.copy()
-    frame.loc[other, "method"] = [series_name(method, variant) for method, variant
-                                  in zip(frame.loc[other, "method"], frame.loc[other, "attn_implementation"])]
+    frame["method"] = [series_name(method, variant or None) for method, variant in zip(frame["method"], variants)]
     return frame
 
 

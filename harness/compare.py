@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
-from harness.analysis import baseline, pairing_order, series_by_attention
+from harness.analysis import baseline, pairing_order, series_by_settings
 from harness.errors import HarnessError
 from harness.results import read_rows
 from tasks import TASKS
@@ -43,7 +43,7 @@ COLUMNS = ["model", "task", "metric", "length", "first", "second", "pairs", "fir
 
 def paired_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per compared (model, task, length, first, second); see the module docstring.
-    ``frame``'s ``method`` column names the series (see harness.analysis.series_by_attention)."""
+    ``frame``'s ``method`` column names the series (see harness.analysis.series_by_settings)."""
     out = []
     if "input_hash" not in frame.columns:  # rows that cannot be matched input by input
         return pd.DataFrame(out, columns=COLUMNS)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.alpha < 1:
             raise HarnessError(f"--alpha must be between 0 and 1, got {args.alpha}")
-        rows = paired_rows(series_by_attention(read_rows(args.results, tasks=TASKS)))
+        rows = paired_rows(series_by_settings(read_rows(args.results, tasks=TASKS)))
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
         raise HarnessError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.get('dtype')!r}")
     check_device_name(cfg.device) if plan else check_device(cfg.device)
     check_results_dir(cfg.get("results_dir"))
+    check_label(cfg.get("label"))
     if not isinstance(cfg.get("retry_failed", False), bool):
         raise HarnessError(f"retry_failed must be true or false, got {cfg.get('retry_failed')!r}")
     lengths = check_lengths(cfg.task.get("lengths"))
@@ -66,6 +67,17 @@ def check_job(cfg: DictConfig, plan: bool = False) -> tuple[list[int], int]:
         samples = require_integer(cfg.task.get("samples"), "task.samples")
     cls.check_params(OmegaConf.to_container(cfg.task, resolve=True))
     return lengths, samples
+
+
+def check_label(value) -> str | None:
+    """``label`` as the text rows carry (None: no label). It names a series "<method> (<label>)",
+    so it is one line of text without parentheses."""
+    if value is None:
+        return None
+    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    if not text or any(c in text for c in "()\n\r"):
+        raise HarnessError(f"label must be a short name without parentheses, e.g. label=8k-settings; got {value!r}")
+    return text
 
 
 def check_results_dir(value) -> str:
@@ -105,5 +117,8 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     # number; the name and parameters stay, so those rows' files stay resumable.
     method.pop("_target_", None)
     payload = dict(model=model, method=method, task=task, seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
+    label = check_label(cfg.get("label"))
+    if label is not None:  # a labelled series has a file of its own; without one, files keep their names
+        payload["label"] = label
     digest = config_hash(payload)
     return results_root(cfg) / "runs" / cfg.task.name / cfg.model.name / f"{cfg.method.name}-{digest}.csv", digest

@@ -56,8 +56,11 @@ from harness.errors import HarnessError
 COMMON_COLUMNS = [
     "model", "method", "task", "metric", "length", "sample", "status", "score", "tokens", "input_hash",
     "seconds", "message", "seed", "device", "dtype", "attn_implementation", "method_params", "config_hash", "git_rev",
-    "versions", "timestamp",
+    "versions", "timestamp", "label",
 ]
+# Common columns added after rows were committed: a file written before has no such column and is
+# still appended to, as long as the rows leave it empty (a labelled job has a file of its own).
+LATER_COLUMNS = ("label",)
 STATUSES = ("ok", "oom", "error")
 # Common columns that differ between two runs of the same sweep (wall-clock); each task states its
 # own measured columns (``Task.timing_columns``). Everything else in a row is a pure function of
@@ -172,6 +175,8 @@ class ResultsFile:
                 header = next(csv.reader([self.path.open().readline()]))
         if not self.columns:  # opened only to claim or append in the file's own layout
             self.columns = header
+        elif header == [c for c in self.columns if c not in LATER_COLUMNS]:  # written before those columns existed
+            self.columns = header
         elif header != self.columns:
             self.close()
             raise HarnessError(f"results file {self.path} has other columns than this task writes; move it away")
@@ -211,6 +216,8 @@ class ResultsFile:
 
     def append_all(self, rows: list[dict]) -> None:
         """Append rows with one write (and one fsync) under the write lock: a whole length's rows."""
+        later = [c for c in LATER_COLUMNS if c not in self.columns]
+        rows = [{k: v for k, v in row.items() if not (k in later and v is None)} for row in rows]
         unknown = set().union(*rows) - set(self.columns)
         if unknown:
             raise ValueError(f"row has columns the file does not: {sorted(unknown)}")

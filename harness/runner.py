@@ -29,7 +29,7 @@ from harness import REPO_ROOT
 from harness.constants import DEFAULT_ATTN_IMPLEMENTATION
 from harness.errors import HarnessError
 from harness.identity import input_hash
-from harness.job import check_job, results_path, task_class_from_config
+from harness.job import check_job, check_label, results_path, task_class_from_config
 from harness.results import COMMON_COLUMNS, ResultsFile, check_writable
 from tasks import TASKS
 
@@ -135,7 +135,7 @@ def run_job(cfg: DictConfig) -> JobSummary:
     provenance = dict(model=loaded.name, method=method_name, task=cfg.task.name, metric=task.metric, seed=cfg.seed,
                       device=str(cfg.device), dtype=cfg.dtype,
                       attn_implementation=cfg.model.get("attn_implementation") or DEFAULT_ATTN_IMPLEMENTATION,
-                      method_params=json.dumps(params, sort_keys=True),
+                      method_params=json.dumps(params, sort_keys=True), label=check_label(cfg.get("label")),
                       config_hash=digest, git_rev=_git_rev(), versions=_versions())
     with results:
         _write_config_once(path.with_suffix(".yaml"), cfg)

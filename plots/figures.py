@@ -37,11 +37,13 @@ from harness.analysis import (  # noqa: E402
     first_crossing,
     longest_curves,
     panel_thresholds,
-    series_by_attention,
+    series_by_settings,
     series_order,
     split_series,
+    variant_parts,
 )
 from harness.compare import paired_rows  # noqa: E402
+from harness.constants import ATTN_IMPLEMENTATIONS  # noqa: E402
 from harness.methods import METHODS  # noqa: E402
 from harness.models import configured_train_length  # noqa: E402
 from harness.stats import wilson  # noqa: E402
@@ -49,9 +51,13 @@ from tasks import TASKS, task_by_name  # noqa: E402
 from tasks.base import FIGURE_KINDS, Figure  # noqa: E402
 
 # A series of rows run with another attention implementation than the default (sdpa), e.g.
-# "<method> (eager)": its method's colour mixed with this much white, and this marker.
+# "<method> (eager)": its method's colour mixed with this much white, and this marker. A labelled
+# series ("<method> (8k-settings)") gets its method's colour darkened or lightened, and a marker,
+# both chosen by a hash of its variant, so two variants of one method look different.
 VARIANT_WHITE = 0.45
 VARIANT_MARKER = "x"
+LABEL_SHADES = (-0.45, 0.35, -0.25, 0.55)  # < 0: mixed with black, > 0: with white
+LABEL_MARKERS = ("P", "X", "d", "*", "h", "p")
 
 
 # Styles for a method without a class in this checkout (rows from another branch), minus those of
@@ -84,9 +90,17 @@ def style(series: str) -> dict:
         return dict(color=colors[digest[0] % len(colors)], marker=markers[digest[1] % len(markers)], label=series)
     if variant is None:
         return dict(color=cls.color, marker=cls.marker, label=cls.label)
+    parts = variant_parts(variant)
+    words = ", ".join(f"{p} attention" if p in ATTN_IMPLEMENTATIONS else p for p in parts)
     rgb = matplotlib.colors.to_rgb(cls.color)
-    lighter = matplotlib.colors.to_hex([c + (1 - c) * VARIANT_WHITE for c in rgb])
-    return dict(color=lighter, marker=VARIANT_MARKER, label=f"{cls.label} ({variant} attention)")
+    if all(p in ATTN_IMPLEMENTATIONS for p in parts):
+        lighter = matplotlib.colors.to_hex([c + (1 - c) * VARIANT_WHITE for c in rgb])
+        return dict(color=lighter, marker=VARIANT_MARKER, label=f"{cls.label} ({words})")
+    digest = hashlib.sha1(variant.encode()).digest()
+    shade = LABEL_SHADES[digest[0] % len(LABEL_SHADES)]
+    shaded = [c + (1 - c) * shade if shade > 0 else c * (1 + shade) for c in rgb]
+    return dict(color=matplotlib.colors.to_hex(shaded), marker=LABEL_MARKERS[digest[1] % len(LABEL_MARKERS)],
+                label=f"{cls.label} ({words})")
 
 
 def length_label(length) -> str:
@@ -508,7 +522,7 @@ def write_tables(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
 
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
     """Every figure the table has data for, plus the heat maps; returns {task name or "heatmaps": paths}."""
-    frame = series_by_attention(frame)
+    frame = series_by_settings(frame)
     built = {task: plot_task(frame, task, out_dir) + write_tables(frame, task, out_dir)
              for task in sorted(frame["task"].unique())}
     built["heatmaps"] = plot_heatmaps(frame, out_dir) if not frame.empty else []

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness import stats
-from harness.analysis import series_by_attention
+from harness.analysis import series_by_settings
 from harness.compare import main as compare_main
 from harness.compare import paired_rows
 
@@ -78,7 +78,7 @@ def test_different_inputs_and_eager_rows_are_never_paired():
     out = paired_rows(frame)
     assert out.iloc[0].pairs == 2  # sample 2 saw another input
     eager = rows("passkey", {"origin": [1, 1, 1]}).assign(attn_implementation="eager")
-    out = paired_rows(series_by_attention(pd.concat([frame, eager])))
+    out = paired_rows(series_by_settings(pd.concat([frame, eager])))
     assert ({("origin (eager)", "origin"), ("mesa", "origin (eager)"), ("mesa", "origin")}
             == set(zip(out["first"], out["second"])))
 

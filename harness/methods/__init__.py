@@ -32,7 +32,7 @@ from torch import nn
 from harness.architectures import context_length
 from harness.errors import HarnessError
 from harness.methods.mesa import mesa_chunk_plan, stair_positions
-from harness.methods.method import METHODS, Method, build_method, method_class, method_names
+from harness.methods.method import METHODS, Method, build_method, method_class, method_names, scale_lengths
 
 for _module in pkgutil.iter_modules(__path__):  # each method module registers its class
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -45,11 +45,13 @@ def method_parameters(name: str) -> dict[str, object]:
 
 def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
     """(name, parameters) of a ``conf/method`` node: the parameters are what the method's class
-    takes, i.e. every key but ``name`` and ``_target_`` (the class that builds it)."""
+    takes, i.e. every key but ``name``, ``_target_`` (the class that builds it) and
+    ``length_scale`` (optional, added with ``+method.length_scale=4``: the parameters returned are
+    then the scaled ones, see :func:`~harness.methods.method.scale_lengths`)."""
     params = OmegaConf.to_container(method_cfg, resolve=True)
     name = params.pop("name")
     params.pop("_target_", None)
-    return name, params
+    return name, scale_lengths(name, params, params.pop("length_scale", 1))
 
 
 def method_from_config(method_cfg: DictConfig | dict, default_train_length: int | None) -> Method:

@@ -151,6 +151,7 @@ class Mesa(WeaveMethod):
     order = 40
     cached_decoding = "approximate"
     decode_key_copies = 1  # the stair-rotated keys
+    length_params = ("first_chunk", "last_chunk", "stair_width", "stair_position", "first_chunk_cache", "min_remainder")
 
     def __init__(
         self,

@@ -10,6 +10,9 @@ The class states, once:
   ``_target_``, the class); a config key the class does not take is refused with one line;
 * what plan mode needs to estimate its memory: ``decode_key_copies`` and
   :meth:`prefill_attention_bytes` (:meth:`alibi_prefill_attention_bytes` on ALiBi models);
+* which of its parameters are lengths in tokens (``length_params``), which ``method.length_scale``
+  multiplies (its released defaults were chosen for a model's training length; a model trained
+  longer may want them scaled: see :func:`scale_lengths`);
 * what it supports: ``rope_kinds`` (how positions reach attention, per harness.architectures),
   ``sliding_window``, ``cached_decoding``;
 * how it changes a model: :meth:`attach`; on ALiBi models (``"alibi"`` in ``rope_kinds``), its
@@ -53,6 +56,8 @@ class Method(ABC):
     cached_decoding: ClassVar[str] = "exact"
     # Memory for plan mode: copies of one layer's K cache the method keeps per layer while decoding.
     decode_key_copies: ClassVar[int] = 0
+    # Parameters that are lengths in tokens (windows, chunk widths): ``method.length_scale`` multiplies them.
+    length_params: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -180,6 +185,26 @@ def method_class(name: str) -> type[Method]:
 def method_names() -> list[str]:
     """Every registered method's name, in the methods' own ``order`` (then by name)."""
     return sorted(METHODS, key=lambda name: (METHODS[name].order, name))
+
+
+def scale_lengths(name: str, params: dict, scale) -> dict:
+    """``params`` of method ``name`` with its ``length_params`` multiplied by ``scale`` (rounded to
+    whole tokens; a parameter left at None stays None). ``scale`` 1 returns them unchanged. Used as
+    ``+method.length_scale=4``: the released settings of a 2k-token model for a model trained at 8k."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise HarnessError(f"method.length_scale must be a positive number, e.g. 4; got {scale!r}")
+    if scale == 1:
+        return params
+    cls = method_class(name)
+    if not cls.length_params:
+        raise HarnessError(f"method {name!r} has no settings in tokens for method.length_scale to scale; remove it")
+    defaults = cls.parameters()
+    scaled = dict(params)
+    for key in cls.length_params:
+        value = params.get(key, defaults[key])
+        if value is not None:
+            scaled[key] = max(1, round(value * scale))
+    return scaled
 
 
 def build_method(name: str, default_train_length: int | None, **params) -> Method:

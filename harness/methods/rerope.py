@@ -38,6 +38,7 @@ class ReRoPE(NearFarMethod):
     order = 20
     # While decoding it keeps the near-rotated keys; its far rule uses the un-rotated keys.
     decode_key_copies = 1
+    length_params = ("window",)  # Leaky-ReRoPE's k is a ratio
     leaky_k: float | str | None = None  # no leak: 1/k = 0 (Leaky-ReRoPE sets a k)
 
     def __init__(self, train_length: int, window: int = 512, logn: bool = True,

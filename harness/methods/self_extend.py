@@ -53,6 +53,7 @@ class SelfExtend(NearFarMethod):
     marker = "h"
     order = 70
     decode_key_copies = 2  # keys rotated to their true and to their grouped positions
+    length_params = ("window",)  # the group size is a ratio
 
     def __init__(self, train_length: int, group_size: int = 8, window: int = 1024,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):

@@ -179,17 +179,17 @@ def test_every_method_has_one_style_everywhere(tmp_path):
 
 def test_eager_rows_are_their_own_series():
     """Origin with eager attention (the paper's baseline) is drawn beside Origin with sdpa, never averaged into it."""
-    from harness.analysis import series_by_attention
+    from harness.analysis import series_by_settings
     from plots.figures import style
 
     frame = table(tasks=("speed",), models=("smollm2-135m",))
     frame["attn_implementation"] = "sdpa"
     eager = frame[frame["method"] == "origin"].assign(attn_implementation="eager", prefill_s=99.0)
-    series = series_by_attention(pd.concat([frame, eager], ignore_index=True))
+    series = series_by_settings(pd.concat([frame, eager], ignore_index=True))
     assert set(series["method"]) == {"origin", "rerope", "mesa", "origin (eager)"}
     assert (series[series["method"] == "origin"]["prefill_s"] < 99).all()
     assert style("origin (eager)")["label"] == "Origin (eager attention)"
-    assert series_by_attention(table()).equals(table())  # rows without the column are left alone
+    assert series_by_settings(table()).equals(table())  # rows without the column are left alone
 
 
 NINE = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "streaming-llm", "lm-infinite", "self-extend",
