@@ -132,3 +132,19 @@ def test_figures_ring_what_is_significantly_better_than_origin(tmp_path):
     assert better_than_baseline(strong) == {("m", "mesa", 4096)}
     assert better_than_baseline(weak) == set()
     assert ring_count(strong) == 1 and ring_count(weak) == 0
+
+
+
+def test_a_labelled_series_is_paired_with_its_plain_method_not_merged_into_it():
+    from harness.analysis import split_series
+
+    plain = rows("passkey", {"origin": [0] * 6, "mesa": [0, 0, 0, 1, 1, 1]})
+    scaled = rows("passkey", {"mesa": [1] * 6}).assign(label="scaled-x4")
+    eager = rows("passkey", {"mesa": [0] * 6}).assign(attn_implementation="eager", label="scaled-x4")
+    series = series_by_settings(pd.concat([plain, scaled, eager], ignore_index=True))
+    assert set(series["method"]) == {"origin", "mesa", "mesa (scaled-x4)", "mesa (eager, scaled-x4)"}
+    assert split_series("mesa (eager, scaled-x4)") == ("mesa", "eager, scaled-x4")
+    out = paired_rows(series).set_index(["first", "second"])
+    assert out.loc[("mesa (scaled-x4)", "mesa"), "pairs"] == 6
+    assert out.loc[("mesa (scaled-x4)", "mesa"), "difference"] == pytest.approx(0.5)
+    assert out.loc[("mesa", "origin"), "difference"] == pytest.approx(0.5)  # the plain rows alone, not averaged

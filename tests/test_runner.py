@@ -366,3 +366,43 @@ def test_plan_with_retry_failed_lists_the_failed_samples_as_to_run(tmp_path, mon
     monkeypatch.undo()
     assert sum(c.to_run for c in plan_job(config(tmp_path, "method=origin")).cells) == 0
     assert sum(c.to_run for c in plan_job(config(tmp_path, "method=origin", "retry_failed=true")).cells) == 1
+
+
+# -- label: a job's name for its settings ---------------------------------------------------------
+def test_a_label_gives_its_rows_a_series_and_a_file_of_their_own(tmp_path):
+    from harness.analysis import series_by_settings
+
+    plain = run_job(config(tmp_path, "method=origin", "task.samples=1"))
+    labelled = run_job(config(tmp_path, "method=origin", "task.samples=1", "label=other-run"))
+    assert labelled.path != plain.path  # another series never appends to (or resumes from) the plain file
+    both = pd.concat([rows(plain), rows(labelled)], ignore_index=True)
+    assert set(rows(plain)["label"].isna()) == {True} and set(rows(labelled)["label"]) == {"other-run"}
+    assert set(series_by_settings(both)["method"]) == {"origin", "origin (other-run)"}
+    # the same inputs, so compare pairs them
+    assert set(rows(plain)["input_hash"]) == set(rows(labelled)["input_hash"])
+
+
+def test_without_a_label_the_results_file_keeps_its_name(tmp_path):
+    cfg = config(tmp_path, "method=mesa")
+    assert results_path(config(tmp_path, "method=mesa", "label=null"))[0] == results_path(cfg)[0]
+
+
+@pytest.mark.parametrize("label", ["mesa (x4)", "''", "a\nb"])
+def test_a_label_that_cannot_name_a_series_is_one_line(tmp_path, label):
+    from harness.job import check_label
+
+    with pytest.raises(HarnessError, match="label must be"):
+        check_label("" if label == "''" else label)
+
+
+def test_a_file_written_before_the_label_column_is_appended_to(tmp_path):
+    """Committed files have no ``label`` column: a rerun of their job must go on in them."""
+    cfg = config(tmp_path, "method=origin", "task.samples=1")
+    first = run_job(cfg)
+    text = first.path.read_text().splitlines()
+    header = text[0].split(",")
+    drop = header.index("label")
+    old = [",".join(f for i, f in enumerate(line.split(",")) if i != drop) for line in text]
+    first.path.write_text("\n".join(old) + "\n")
+    more = run_job(config(tmp_path, "method=origin", "task.samples=2"))
+    assert more.counts["ok"] == 2 and "label" not in rows(more).columns and len(rows(more)) == 4

@@ -1,5 +1,7 @@
 """apply_method: cached decoding, isolation between models, parameters and clear errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -7,6 +9,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from harness.errors import HarnessError, UnsupportedModelError
 from harness.methods import METHODS, apply_method, method_parameters, remove_method
 from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, method_arch_pairs, random_ids, tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("method,arch",
@@ -104,3 +108,39 @@ def test_padded_batches_are_refused():
     mask[0, 0] = 0
     with pytest.raises(HarnessError, match="padded"):
         model(input_ids=ids, attention_mask=mask)
+
+
+# -- method.length_scale --------------------------------------------------------------------------
+def test_length_scale_multiplies_the_settings_in_tokens_only():
+    from omegaconf import OmegaConf
+
+    from harness.methods import method_settings
+
+    cfg = OmegaConf.load(ROOT / "conf" / "method" / "mesa.yaml")
+    cfg.length_scale = 4
+    name, params = method_settings(cfg)
+    defaults = METHODS["mesa"].parameters()
+    for key in METHODS["mesa"].length_params:
+        assert params[key] == 4 * defaults[key]
+    assert params["reserve_new_tokens"] == defaults["reserve_new_tokens"]  # generation budget: not a training length
+    assert params["train_length"] is None and "length_scale" not in params
+
+
+def test_length_scale_of_every_method_names_its_own_parameters():
+    for cls in METHODS.values():
+        assert set(cls.length_params) <= set(cls.parameters()), cls.name
+
+
+@pytest.mark.parametrize("scale", [0, -2, "x", True])
+def test_a_bad_length_scale_is_one_line(scale):
+    from harness.methods.method import scale_lengths
+
+    with pytest.raises(HarnessError, match="length_scale must be a positive number"):
+        scale_lengths("mesa", {}, scale)
+
+
+def test_length_scale_on_a_method_without_settings_in_tokens_is_refused():
+    from harness.methods.method import scale_lengths
+
+    with pytest.raises(HarnessError, match="no settings in tokens"):
+        scale_lengths("origin", {}, 2)

@@ -192,6 +192,16 @@ def test_eager_rows_are_their_own_series():
     assert series_by_settings(table()).equals(table())  # rows without the column are left alone
 
 
+def test_labelled_series_are_labelled_and_told_apart():
+    from plots.figures import style
+
+    variants = ["mesa", "mesa (scaled-x4)", "mesa (last chunk rerope)", "mesa (eager)"]
+    assert style("mesa (scaled-x4)")["label"] == "Mesa (scaled-x4)"
+    assert style("mesa (eager, scaled-x4)")["label"] == "Mesa (eager attention, scaled-x4)"
+    looks = {(style(v)["color"], style(v)["marker"]) for v in variants}
+    assert len(looks) == len(variants)
+
+
 NINE = ["origin", "dynamic-ntk", "rerope", "leaky-rerope", "mesa", "streaming-llm", "lm-infinite", "self-extend",
         "yarn"]
 
