@@ -38,8 +38,8 @@ the row's ``tokens`` counts it, before lm-eval cuts it to the length) or a numer
 document (``bucket_by: length`` is LongBench-E's word count, by which LongBench's own evaluation
 buckets 0-4k / 4-8k / 8k+). To know the sizes, lm-eval first builds every request of every
 document without the model (its answers stand in as empty). Every row gets a ``bucket`` column
-("4096-8192", "8192+"); lm-eval runs the tasks one by one, so a group's own aggregate rows are not
-written, its tasks' are (one per bucket).
+("4096-8192", "8192+"); lm-eval is handed each task by its own name (a group's tasks, not the
+group), so a group's own aggregate rows are not written, its tasks' are (one per bucket).
 
 Resume: a length is one unit for the runner (``whole_length``): its rows are appended together
 once lm-eval has finished, and a rerun skips every length that has rows, so a finished job loads
@@ -159,7 +159,7 @@ def check_buckets(buckets) -> list[tuple[int, int | None]] | None:
     for bucket in buckets if isinstance(buckets, (list, tuple)) and buckets else [None]:
         if not (isinstance(bucket, (list, tuple)) and len(bucket) == 2 and is_integer(bucket[0], 0)
                 and (bucket[1] is None or is_integer(bucket[1], bucket[0] + 1))):
-            raise HarnessError(f"task.length_buckets must be null or a list of [low, high] token counts with "
+            raise HarnessError(f"task.length_buckets must be null or a list of [low, high] sizes with "
                                f"0 <= low < high (high null: no end), got {buckets!r}; {example}")
         pairs.append((bucket[0], bucket[1]))
     pairs.sort()
