@@ -202,11 +202,24 @@ def check_integer(params: dict, key: str, minimum: int = 1) -> None:
         require_integer(params[key], f"task.{key}", minimum)
 
 
-def greedy_generate(model: torch.nn.Module, input_ids: list[int], max_new_tokens: int, eos_token_id=None) -> list[int]:
-    """Greedy decoding of up to ``max_new_tokens``; returns only the new token ids."""
+def greedy_generate(model: torch.nn.Module, input_ids: list[int], max_new_tokens: int, eos_token_id=None,
+                    stop=None) -> list[int]:
+    """Greedy decoding of up to ``max_new_tokens``; returns only the new token ids. ``stop``, when
+    given, is called with the new ids after each step and ends the generation when it returns True
+    (that step's token is kept)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Stop(StoppingCriteria):
+        def __call__(self, ids, scores, **kwargs):
+            done = stop(ids[0, prompt:].tolist())
+            return torch.full((ids.shape[0],), bool(done), dtype=torch.bool, device=ids.device)
+
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids], device=device)
+    prompt = ids.shape[1]
+    criteria = StoppingCriteriaList([Stop()]) if stop is not None else None
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, pad_token_id=eos_token_id, eos_token_id=eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+                             do_sample=False, num_beams=1, pad_token_id=eos_token_id, eos_token_id=eos_token_id,
+                             stopping_criteria=criteria)
+    return out[0, prompt:].tolist()

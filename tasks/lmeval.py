@@ -29,6 +29,18 @@ How lm-eval's results become rows (one job = one (model, method) over ``task.len
   fills every length but a document's own with -1: a metric named after another length than the
   row's is left out.
 
+Length buckets (``length_buckets``, e.g. ``[[4096, 8192], [8192, null]]``, the paper's LongBench
+table): each document goes to the bucket its size falls in (low inclusive, high exclusive, null
+open), and each bucket is one lm-eval run over its documents only (lm-eval's ``samples``), at most
+``limit`` of them per lm-eval task and bucket (the first by ``doc_id``); documents in no bucket are
+not run. The size is the document's prompt tokens (``bucket_by: tokens``: its longest request, as
+the row's ``tokens`` counts it, before lm-eval cuts it to the length) or a numeric field of the
+document (``bucket_by: length`` is LongBench-E's word count, by which LongBench's own evaluation
+buckets 0-4k / 4-8k / 8k+). To know the sizes, lm-eval first builds every request of every
+document without the model (its answers stand in as empty). Every row gets a ``bucket`` column
+("4096-8192", "8192+"); lm-eval is handed each task by its own name (a group's tasks, not the
+group), so a group's own aggregate rows are not written, its tasks' are (one per bucket).
+
 Resume: a length is one unit for the runner (``whole_length``): its rows are appended together
 once lm-eval has finished, and a rerun skips every length that has rows, so a finished job loads
 no model and computes nothing. A length whose lm-eval run fails is one ``error`` (or ``oom``) row
@@ -37,6 +49,7 @@ with sample -1.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import json
@@ -71,6 +84,7 @@ OWN_MODEL_ARGUMENTS = {
 SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 LENGTH_METADATA = "max_seq_lengths"  # the metadata key RULER reads its lengths from
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generate_until tasks that set none
+BUCKET_BY_TOKENS = "tokens"  # bucket_by: the prompt's tokens (else the name of a document field)
 
 
 def lm_eval_package():
@@ -126,13 +140,59 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def _request_ids(sample: dict, encode) -> list[list[int]]:
+    """The token ids of a logged sample's requests (context and continuation joined), as lm-eval's model gets them."""
+    return [encode("".join(a for a in args if isinstance(a, str))) for args in _requests(sample["arguments"])]
+
+
+def bucket_label(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high is not None else f"{low}+"
+
+
+def check_buckets(buckets) -> list[tuple[int, int | None]] | None:
+    """task.length_buckets as (low, high) pairs, sorted, or a one-line error: each [low, high] with
+    0 <= low < high (high null: no upper end), no two overlapping."""
+    if buckets is None:
+        return None
+    example = "e.g. task.length_buckets=[[4096,8192],[8192,null]]"
+    pairs = []
+    for bucket in buckets if isinstance(buckets, (list, tuple)) and buckets else [None]:
+        if not (isinstance(bucket, (list, tuple)) and len(bucket) == 2 and is_integer(bucket[0], 0)
+                and (bucket[1] is None or is_integer(bucket[1], bucket[0] + 1))):
+            raise HarnessError(f"task.length_buckets must be null or a list of [low, high] sizes with "
+                               f"0 <= low < high (high null: no end), got {buckets!r}; {example}")
+        pairs.append((bucket[0], bucket[1]))
+    pairs.sort()
+    for (low, high), (next_low, _) in zip(pairs, pairs[1:]):
+        if high is None or high > next_low:
+            raise HarnessError(f"task.length_buckets overlap: {bucket_label(low, high)} and from {next_low}; "
+                               f"a document belongs to one bucket; {example}")
+    return pairs
+
+
+def document_sizes(out: dict, encode, bucket_by: str) -> dict[str, dict[int, float]]:
+    """{lm-eval task: {doc_id: size}} of a run's logged samples: prompt tokens, or a document field."""
+    sizes: dict[str, dict[int, float]] = {}
+    for name, samples in (out.get("samples") or {}).items():
+        for sample in samples:
+            if bucket_by == BUCKET_BY_TOKENS:
+                size = max((len(ids) for ids in _request_ids(sample, encode)), default=0)
+            else:
+                size = (sample.get("doc") or {}).get(bucket_by)
+                if not _is_number(size):
+                    raise HarnessError(f"task.bucket_by={bucket_by}: a document of lm-eval task {name!r} has no "
+                                       f"numeric field {bucket_by!r} (got {size!r}); use task.bucket_by=tokens")
+            sizes.setdefault(name, {})[int(sample["doc_id"])] = size
+    return sizes
+
+
 def rows_from_results(out: dict, length: int, encode) -> list[dict]:
     """The rows of one lm-eval run (``simple_evaluate``'s result with logged samples) at ``length``;
     ``encode`` turns a request's text into the token ids lm-eval's model gets (``HFLM.tok_encode``)."""
     rows, longest = [], {}
     for name, samples in (out.get("samples") or {}).items():
         for sample in samples:
-            ids = [encode("".join(a for a in args if isinstance(a, str))) for args in _requests(sample["arguments"])]
+            ids = _request_ids(sample, encode)
             tokens = max((len(i) for i in ids), default=0)
             longest[name] = max(longest.get(name, 0), tokens)
             digest = input_hash([token for request in ids for token in [*request, -1]])
@@ -173,6 +233,13 @@ class LmEvalTask(Task):
     whole_length = True
     heatmap = False  # its rows mix lm-eval tasks and metrics
     columns = {"lm_eval_task": str, "stderr": float, "n_samples": int, "target": str, "response": str}
+    BUCKET_COLUMN = {"bucket": str}  # added to ``columns`` of a job with length_buckets
+    # Options added after lm-eval rows existed: at these values a job keeps its results file.
+    hash_neutral_defaults = {"length_buckets": None, "bucket_by": BUCKET_BY_TOKENS}
+
+    @classmethod
+    def writes_column(cls, column: str) -> bool:
+        return super().writes_column(column) or column in cls.BUCKET_COLUMN
 
     # -- facts for plan mode -------------------------------------------------------------------
     @classmethod
@@ -180,7 +247,8 @@ class LmEvalTask(Task):
         """task.limit documents of each named lm-eval task (0: all of them, not known before lm-eval loads them)."""
         limit = params.get("limit")
         tasks = _task_list(params.get("tasks") or [])
-        return limit * len(tasks) if is_integer(limit) else 0
+        buckets = params.get("length_buckets")
+        return limit * len(tasks) * (len(buckets) if buckets else 1) if is_integer(limit) else 0
 
     @classmethod
     def generated_tokens(cls, params: dict) -> int:
@@ -202,6 +270,14 @@ class LmEvalTask(Task):
         documents = (f"up to task.limit={limit} documents" if limit is not None
                      else "every document (task.limit=null: not known before lm-eval loads them, so not counted here)")
         tasks = ", ".join(_task_list(params.get("tasks") or []))
+        buckets = params.get("length_buckets")
+        if buckets:
+            by = params.get("bucket_by") or BUCKET_BY_TOKENS
+            labels = ", ".join(bucket_label(*pair) for pair in check_buckets(buckets))
+            return [f"each length is one lm-eval run per length bucket ({labels}, by {by}) over {documents} of each "
+                    f"of {tasks} in that bucket (a group counts once; buckets with fewer documents run fewer); tokens "
+                    f"and memory assume every prompt fills the length and generates {cls.generated_tokens(params)} "
+                    f"tokens"]
         return [f"each length is one lm-eval run over {documents} of each of {tasks} (a group counts once); tokens "
                 f"and memory assume every prompt fills the length and generates {cls.generated_tokens(params)} tokens"]
 
@@ -224,6 +300,11 @@ class LmEvalTask(Task):
             raise HarnessError(f"task.limit must be null, a positive integer (documents per lm-eval task) or a "
                                f"fraction in (0, 1), got {limit!r}")
         require_integer(params.get("num_fewshot"), "task.num_fewshot", minimum=0, nullable=True)
+        check_buckets(params.get("length_buckets"))
+        bucket_by = params.get("bucket_by", BUCKET_BY_TOKENS)
+        if not isinstance(bucket_by, str) or not bucket_by:
+            raise HarnessError(f"task.bucket_by must be 'tokens' or the name of a numeric document field (e.g. "
+                               f"length, LongBench-E's word count), got {bucket_by!r}")
         include = params.get("include_path")
         for path in [include] if isinstance(include, str) else include or []:
             if not Path(_resolve(path)).is_dir():
@@ -247,12 +328,17 @@ class LmEvalTask(Task):
 
     # -- the run ---------------------------------------------------------------------------------
     def __init__(self, *args, tasks=(), limit=None, num_fewshot=None, include_path=None, include_defaults: bool = True,
-                 metadata=None, model_args=None, options=None, **kwargs):
+                 metadata=None, model_args=None, options=None, length_buckets=None, bucket_by: str = BUCKET_BY_TOKENS,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         tasks = _task_list(tasks)
         params = dict(tasks=tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
-                      metadata=metadata, model_args=model_args, options=options)
+                      metadata=metadata, model_args=model_args, options=options, length_buckets=length_buckets,
+                      bucket_by=bucket_by)
         self.check_params(params)
+        self.buckets, self.bucket_by = check_buckets(length_buckets), bucket_by
+        if self.buckets:
+            self.columns = {**LmEvalTask.columns, **self.BUCKET_COLUMN}
         self.tasks = [_resolve(t) if _is_yaml(t) else t for t in tasks]
         self.limit, self.num_fewshot = limit, num_fewshot
         include = [include_path] if isinstance(include_path, str) else list(include_path or [])
@@ -298,18 +384,73 @@ class LmEvalTask(Task):
                                    f"(add folders of your own task YAMLs with task.include_path)")
 
     def evaluate_length(self, model, length: int) -> list[dict]:
-        lm_eval = lm_eval_package()
         from lm_eval.models.huggingface import HFLM
 
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
         lm = HFLM(pretrained=model, tokenizer=self.hf_tokenizer, batch_size=1, max_length=length, **self.model_args)
+        if self.buckets:
+            return self._evaluate_buckets(lm, length)
+        return rows_from_results(self._run(lm, length, self.tasks, limit=self.limit), length, lm.tok_encode)
+
+    def _run(self, lm, length: int, tasks, **kwargs) -> dict:
+        """One ``lm_eval.simple_evaluate`` over ``tasks`` at this length (its logged samples kept)."""
+        lm_eval = lm_eval_package()
         seeds = {key: default + self.seed for key, default in SEEDS.items()}
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(self.tasks), limit=self.limit, num_fewshot=self.num_fewshot,
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=self.num_fewshot,
                                       task_manager=self._manager(length), log_samples=True,
-                                      **{**seeds, **self.options})
+                                      **{**seeds, **self.options, **kwargs})
         if not out or not out.get("results"):
             raise ValueError("lm-eval returned no results")
-        return rows_from_results(out, length, lm.tok_encode)
+        return out
+
+    def _evaluate_buckets(self, lm, length: int) -> list[dict]:
+        """One lm-eval run per length bucket over the documents whose size falls in it (module docstring)."""
+        # Every document's requests, built by lm-eval as for the real run but answered with blanks
+        # (no model call), one task spec at a time to know which lm-eval tasks each spec holds.
+        dry = copy.copy(lm)
+        dry.loglikelihood = lambda requests, disable_tqdm=False: [(0.0, False)] * len(requests)
+        dry.loglikelihood_rolling = lambda requests, disable_tqdm=False: [0.0] * len(requests)
+        dry.generate_until = lambda requests, disable_tqdm=False: [""] * len(requests)
+        sizes, spec_of, known = {}, {}, set(self._manager(length).all_tasks)
+        for spec in self.tasks:
+            found = document_sizes(self._run(dry, length, [spec], limit=None), lm.tok_encode, self.bucket_by)
+            sizes.update(found)
+            for name in found:
+                spec_of.setdefault(name, spec)
+        rows = []
+        for low, high in self.buckets:
+            chosen = {}
+            for name, by_doc in sizes.items():
+                ids = sorted(i for i, size in by_doc.items() if size >= low and (high is None or size < high))
+                if ids and self.limit is not None:
+                    ids = ids[:self.limit if is_integer(self.limit) else math.ceil(self.limit * len(ids))]
+                if ids:
+                    chosen[name] = ids
+            if not chosen:
+                continue
+            out = self._run(lm, length, self._specs(chosen, spec_of, known), samples=chosen)
+            label = bucket_label(low, high)
+            rows += [dict(row, bucket=label) for row in rows_from_results(out, length, lm.tok_encode)]
+        if not rows:
+            counts = {name: len(by_doc) for name, by_doc in sizes.items()}
+            raise ValueError(f"no document falls in task.length_buckets "
+                             f"{', '.join(bucket_label(*b) for b in self.buckets)} by {self.bucket_by} "
+                             f"(documents per lm-eval task: {counts})")
+        return rows
+
+    @staticmethod
+    def _specs(chosen: dict, spec_of: dict, known: set) -> list[str]:
+        """What to name to lm-eval for the tasks in ``chosen`` and no other (lm-eval runs every document of
+        a task that ``samples`` leaves out): a task by its name, or a task YAML file that holds only it."""
+        specs = []
+        for name in chosen:
+            spec = name if name in known else spec_of[name]
+            if spec != name and any(other not in chosen for other, of in spec_of.items() if of == spec):
+                raise HarnessError(f"task.length_buckets: {spec} holds lm-eval tasks without documents in a bucket "
+                                   f"that others have; add its folder with task.include_path and name its tasks")
+            if spec not in specs:
+                specs.append(spec)
+        return specs
 
     @classmethod
     def summary_table(cls, frame):
@@ -317,5 +458,7 @@ class LmEvalTask(Task):
         rows = frame[(frame["sample"] == -1) & (frame["status"] == "ok")]
         if rows.empty:
             return None
-        return rows.pivot_table(index=["lm_eval_task", "metric"], columns="length", values="score",
-                                aggfunc="first").round(4)
+        index = ["lm_eval_task", "metric"]
+        if "bucket" in rows.columns and rows["bucket"].notna().any():
+            index.append("bucket")
+        return rows.pivot_table(index=index, columns="length", values="score", aggfunc="first").round(4)

@@ -40,3 +40,16 @@ def test_measure_times_the_work():
         time.sleep(0.05)
     assert 0.045 < m.seconds < 1.0
     assert m.baseline_bytes > 0
+
+
+def test_stopwatch_times_the_work_and_nothing_else(monkeypatch):
+    """stopwatch (the decode steps' timer) neither collects garbage nor trims the heap."""
+    import time
+
+    from harness.measure import stopwatch
+
+    monkeypatch.setattr("harness.measure.release_free_memory", lambda: pytest.fail("stopwatch must not trim"))
+    monkeypatch.setattr("gc.collect", lambda *a: pytest.fail("stopwatch must not collect garbage"))
+    with stopwatch("cpu") as t:
+        time.sleep(0.05)
+    assert 0.045 < t.seconds < 1.0

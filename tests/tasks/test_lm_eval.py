@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "tests" / "data" / "lm_eval"
 CHOICE = f"{LOCAL}/long_recall.yaml"  # multiple choice: per-choice log-likelihoods
 GENERATE = f"{LOCAL}/long_recall_generate.yaml"  # generate_until: greedy text
+SIZES = f"{LOCAL}/long_recall_sizes.yaml"  # notes of ~0.2k-3.8k byte tokens, for length buckets
 
 
 def lm_config(tmp_path, *overrides, model="tiny-random", tasks=(CHOICE, GENERATE)):
@@ -161,6 +162,11 @@ def test_an_unknown_lm_eval_task_is_one_line(tmp_path):
     ("+task.options.limit=3", "task.options.limit cannot be set here: use task.limit"),
     ("+task.options.bootstrap=0", "task.options.bootstrap is not an argument of lm-eval's simple_evaluate; accepted: "),
     ("+task.model_args.max_length=5", r"task.model_args.max_length cannot be set here: the length \(task.lengths\)"),
+    ("task.length_buckets=[[10,5]]", r"task.length_buckets must be null or a list of \[low, high\] sizes"),
+    ("task.length_buckets=[4096]", r"task.length_buckets must be null or a list of \[low, high\] sizes"),
+    ("task.length_buckets=[[0,100],[50,null]]", "task.length_buckets overlap: 0-100 and from 50"),
+    ("task.length_buckets=[[100,null],[0,200]]", "task.length_buckets overlap: 0-200 and from 100"),
+    ("task.bucket_by=''", "task.bucket_by must be 'tokens' or the name of a numeric document field"),
 ])
 def test_bad_settings_are_one_line_before_anything_loads(tmp_path, monkeypatch, override, message):
     monkeypatch.setattr("harness.models.load_model", no_model)
@@ -263,3 +269,81 @@ def test_smollm2_origin_and_mesa_differ_past_a_training_length_of_512(tmp_path, 
     monkeypatch.setattr("harness.models.load_model", no_model)
     again = run_job(lm_config(tmp_path, "method=mesa", *common, model="smollm2-135m", tasks=[CHOICE]))
     assert again.counts["ok"] == 0 and again.counts["skipped"] == len(b)
+
+
+# -- length buckets (the paper's LongBench table: 4-8k and 8k+) ----------------------------------------
+def bucket_rows(tmp_path, *overrides):
+    summary = run_job(lm_config(tmp_path, "method=origin", *overrides, tasks=[SIZES]))
+    frame = rows(summary)
+    assert set(frame["status"]) == {"ok"}
+    documents = frame[frame["sample"] >= 0]
+    chosen = {bucket: sorted(group["sample"]) for bucket, group in documents.groupby("bucket")}
+    return summary, frame, documents, chosen
+
+
+def test_length_buckets_run_the_first_documents_of_each_bucket_by_prompt_tokens(tmp_path, capsys):
+    """Notes of 204..3769 byte tokens (doc_id order: 1049, 204, 2912, 540, 1953, 332, 3769, 1413):
+    0-1000 holds docs 1, 3, 5 and 1000-2000 docs 0, 4, 7; task.limit=2 takes the first two of each,
+    and the notes of 2000+ tokens are in no bucket."""
+    summary, frame, documents, chosen = bucket_rows(tmp_path, "task.length_buckets=[[1000,2000],[0,1000]]")
+    assert list(frame.columns) == COMMON_COLUMNS + list(LmEvalTask.columns) + ["bucket"]
+    assert chosen == {"0-1000": [1, 3], "1000-2000": [0, 4]}
+    for bucket, low, high in (("0-1000", 0, 1000), ("1000-2000", 1000, 2000)):
+        assert documents[documents["bucket"] == bucket]["tokens"].between(low, high - 1).all()
+    aggregate = frame[frame["sample"] == -1].set_index("bucket")
+    assert sorted(aggregate.index) == ["0-1000", "1000-2000"] and set(aggregate["n_samples"]) == {2}
+    for bucket in chosen:
+        assert aggregate.at[bucket, "score"] == documents[documents["bucket"] == bucket]["score"].mean()
+    print_job_summary(summary)  # one line per (task, metric, bucket)
+    out = capsys.readouterr().out
+    assert "0-1000" in out and "1000-2000" in out
+
+
+def test_length_buckets_by_a_document_field_and_an_open_end(tmp_path):
+    """bucket_by=length buckets by the documents' word counts (27, 51, 97, 197, ...; LongBench-E's
+    field), not their tokens: 0-60 holds docs 1 and 5; 60+ holds the rest, the first two being 0 and 2."""
+    _, _, documents, chosen = bucket_rows(tmp_path, "task.length_buckets=[[0,60],[60,null]]", "task.bucket_by=length")
+    assert chosen == {"0-60": [1, 5], "60+": [0, 2]}
+    missing = rows(run_job(lm_config(tmp_path, "method=origin", "task.length_buckets=[[0,60]]", "task.bucket_by=words",
+                                     tasks=[SIZES])))
+    assert list(missing["status"]) == ["error"] and "has no numeric field 'words'" in missing["message"][0]
+
+
+def test_a_bucket_without_documents_is_left_out_and_none_at_all_is_an_error_row(tmp_path):
+    _, _, _, chosen = bucket_rows(tmp_path, "task.length_buckets=[[0,100],[1000,1100]]")
+    assert chosen == {"1000-1100": [0]}
+    summary = run_job(lm_config(tmp_path, "method=origin", "task.length_buckets=[[0,100]]", tasks=[SIZES]))
+    frame = rows(summary)
+    assert list(frame["status"]) == ["error"]
+    assert "no document falls in task.length_buckets 0-100" in frame["message"][0]
+
+
+def test_length_buckets_leave_the_default_hash_alone_and_plan_per_bucket(tmp_path, monkeypatch):
+    from omegaconf import open_dict
+
+    from harness.job import results_path
+
+    default = lm_config(tmp_path, "method=origin")
+    before = lm_config(tmp_path, "method=origin")
+    with open_dict(before):
+        del before.task["length_buckets"], before.task["bucket_by"]  # the config before the options existed
+    assert results_path(default)[1] == results_path(before)[1]
+    bucketed = lm_config(tmp_path, "method=origin", "task.length_buckets=[[0,1000],[1000,null]]", tasks=[SIZES])
+    assert results_path(bucketed)[1] != results_path(default)[1]
+    monkeypatch.setattr("harness.models.load_model", no_model)
+    plan = plan_job(bucketed)
+    assert [(c.samples, c.to_run) for c in plan.cells] == [(4, 4)]  # limit 2 x 1 task x 2 buckets
+    assert "one lm-eval run per length bucket (0-1000, 1000+, by tokens)" in format_plan(plan)
+
+
+def test_the_longbench_preset_names_lm_eval_tasks_that_exist():
+    """conf/experiment/longbench-gpu.yaml cannot run here (the Hub): its five LongBench-E task names
+    must at least be in lm-eval's catalogue, and its buckets valid."""
+    from lm_eval.tasks import TaskManager
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=longbench-gpu"])
+    tasks = list(cfg.task.tasks)
+    assert len(tasks) == 5 and set(tasks) <= set(TaskManager().all_tasks)
+    LmEvalTask.check_params(OmegaConf.to_container(cfg.task))

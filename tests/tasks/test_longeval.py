@@ -80,3 +80,60 @@ def test_task_builds_rows_and_evaluates_on_a_tiny_model():
 def test_unknown_parameters_are_refused():
     with pytest.raises(ValueError, match="unknown parameter"):
         longeval.LongEvalTask([200], samples=1, tokenizer=TOKENIZER, max_tokens=5)
+
+
+@pytest.mark.parametrize("answer,rule,complete", [
+    ("<2416>", "integer", True), ("The number is 2416.", "integer", True), ("The number is 2416", "integer", False),
+    ("<24", "integer", False), ("no digits yet\n", "integer", False),
+    ("<2416>\n", "newline", True), ("\n\n<2416>", "newline", False), ("  <2416> and more", "newline", False),
+    ("<2416>", None, False), ("<2416>\n", None, False),
+])
+def test_answer_complete(answer, rule, complete):
+    assert longeval.answer_complete(answer, rule) is complete
+
+
+def test_stop_at_is_checked_and_leaves_the_default_hash_alone(tmp_path):
+    """stop_at came after LongChat's protocol (and any rows): at null the config hashes as before it existed."""
+    from omegaconf import open_dict
+
+    from harness.errors import HarnessError
+    from harness.job import results_path
+    from tests.test_runner import config
+
+    default = config(tmp_path, task="longeval")
+    assert default.task.stop_at is None
+    before = config(tmp_path, task="longeval")
+    with open_dict(before):
+        del before.task["stop_at"]  # the config as it was before the option
+    assert results_path(default)[1] == results_path(before)[1]
+    assert results_path(config(tmp_path, "task.stop_at=integer", task="longeval"))[1] != results_path(default)[1]
+    with pytest.raises(HarnessError, match="^task.stop_at must be null, integer or newline, got 'digit'"):
+        longeval.LongEvalTask([3], samples=1, tokenizer=TOKENIZER, stop_at="digit")
+
+
+def test_generation_stops_when_the_rule_says_so(monkeypatch):
+    """greedy_generate ends as soon as ``stop`` returns True (on the tiny model: after exactly 3 tokens,
+    of 20 allowed); the task hands it its rule on the decoded answer."""
+    from tasks.base import greedy_generate
+
+    seen = []
+
+    def stop(ids):
+        seen.append(list(ids))
+        return len(ids) >= 3
+
+    new = greedy_generate(tiny_model(), list(range(10, 30)), 20, stop=stop)
+    assert len(new) == 3 and seen[-1] == new
+    handed = {}
+
+    def fake_generate(model, input_ids, max_new_tokens, eos_token_id, stop=None):
+        handed["stop"] = stop
+        return TOKENIZER.encode("<2416>")
+
+    monkeypatch.setattr(longeval, "greedy_generate", fake_generate)
+    task = longeval.LongEvalTask([3], samples=1, tokenizer=TOKENIZER, stop_at="integer")
+    task_input = task.build_input(3, 0)
+    task.evaluate(None, task_input)
+    assert handed["stop"](TOKENIZER.encode("<2416>")) and not handed["stop"](TOKENIZER.encode("<24"))
+    longeval.LongEvalTask([3], samples=1, tokenizer=TOKENIZER).evaluate(None, task_input)
+    assert handed["stop"] is None  # the default: LongChat's full generation

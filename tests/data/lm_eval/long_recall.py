@@ -7,7 +7,8 @@ test models' byte tokenizer (trained length 128) and ~1k tokens for SmolLM2.
 
 ``long_recall.yaml`` and ``long_recall_generate.yaml`` load them through ``load`` (lm-eval's
 ``custom_dataset``), so the task works from any directory; ``python long_recall.py`` rewrites
-``long_recall.jsonl`` (the committed copy) from the seeds below.
+``long_recall.jsonl`` (the committed copy) from the seeds below. ``long_recall_sizes.yaml`` asks
+the same of notes of different sizes, built here on load (``load_sizes``), for length buckets.
 """
 
 import json
@@ -32,6 +33,30 @@ def make() -> list[dict]:
         docs.append({"context": " ".join(sentences), "question": "What is the secret animal?", "choices": ANIMALS,
                      "answer": answer})
     return docs
+
+
+SIZES = [40, 5, 120, 20, 80, 10, 160, 60]  # sentences per note of long_recall_sizes (doc_id order)
+
+
+def make_sizes() -> list[dict]:
+    """Notes of different sizes (long_recall_sizes.yaml, for length buckets): ~0.1k to ~3.8k byte
+    tokens, each with ``length``, its word count (LongBench-E's size field)."""
+    docs = []
+    for index, sentences in enumerate(SIZES):
+        rng = random.Random(f"long_recall_sizes/{index}")
+        answer = rng.randrange(len(ANIMALS))
+        note = [rng.choice(FILLER) for _ in range(sentences)]
+        note.insert(rng.randrange(sentences), f"The secret animal is the {ANIMALS[answer]}.")
+        context = " ".join(note)
+        docs.append({"context": context, "question": "What is the secret animal?", "choices": ANIMALS,
+                     "answer": answer, "length": len(context.split())})
+    return docs
+
+
+def load_sizes(**metadata):
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(make_sizes())}
 
 
 def load(**metadata):
