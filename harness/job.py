@@ -112,10 +112,15 @@ def results_path(cfg: DictConfig) -> tuple[Path, str]:
     if model.get("attn_implementation", DEFAULT_ATTN_IMPLEMENTATION) == DEFAULT_ATTN_IMPLEMENTATION:
         # the default, and what every row before this key existed used: their files stay resumable
         model.pop("attn_implementation", None)
+    from harness.methods import method_class_of  # imports torch: here, not when job is imported
+
     method = OmegaConf.to_container(cfg.method, resolve=True)
     # `_target_` (which class builds the method) came after the first committed rows and changes no
     # number; the name and parameters stay, so those rows' files stay resumable.
     method.pop("_target_", None)
+    for key, neutral in method_class_of(cfg.method).hash_neutral_defaults.items():  # added later, at the default
+        if key in method and method[key] == neutral:
+            del method[key]
     payload = dict(model=model, method=method, task=task, seed=cfg.seed, device=str(cfg.device), dtype=cfg.dtype)
     label = check_label(cfg.get("label"))
     if label is not None:  # a labelled series has a file of its own; without one, files keep their names

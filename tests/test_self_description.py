@@ -95,6 +95,21 @@ def test_a_second_class_with_a_registered_name_is_refused(base, kind, registry):
     assert registry == before
 
 
+def test_hash_neutral_parameters_are_the_methods_own_with_their_defaults():
+    """A method names its hash-neutral parameters; their neutral values are its signature's defaults
+    (stated once), and a name that is not a parameter with a default is refused at definition."""
+    from harness.methods.method import Method
+
+    for cls in METHODS.values():
+        defaults = cls.parameters()
+        assert cls.hash_neutral_defaults == {p: defaults[p] for p in cls.hash_neutral}
+    facts = dict(label="Neutral", color="#000002", marker="p", order=99, attach=lambda self, model: None,
+                 hash_neutral=("strength",), __module__=__name__)
+    with pytest.raises(TypeError, match="hash_neutral names strength"):
+        type("Neutral", (Method,), dict(name="neutral-test", **facts))
+    assert "neutral-test" not in METHODS
+
+
 # -- a method defined only in this test ----------------------------------------------------------
 THROWAWAY_MODULE = '''
 from harness.methods.method import Method

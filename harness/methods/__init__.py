@@ -54,15 +54,14 @@ def method_settings(method_cfg: DictConfig) -> tuple[str, dict]:
     return name, scale_lengths(name, params, params.pop("length_scale", 1))
 
 
-def method_from_config(method_cfg: DictConfig | dict, default_train_length: int | None) -> Method:
-    """The method a ``conf/method`` node describes: its ``_target_`` class with its parameters.
-    ``default_train_length`` (the model's) is used where the config's ``train_length`` is null."""
-    if not isinstance(method_cfg, DictConfig):
-        method_cfg = OmegaConf.create(method_cfg)
-    name, params = method_settings(method_cfg)
+def method_class_of(method_cfg: DictConfig | dict) -> type[Method]:
+    """The class a ``conf/method`` node names in ``_target_`` (imported, which registers it). A
+    config saved beside rows committed before ``_target_`` existed has none: its name says which
+    registered class it is."""
+    name = method_cfg.get("name")
     target = method_cfg.get("_target_")
     if not target:
-        raise HarnessError(f"method config {name!r} has no _target_ (the class of the method)")
+        return method_class(name)
     try:
         cls = get_class(target)  # imports the class's module, which registers the method
     except Exception as error:  # noqa: BLE001 - Hydra reports a bad path in several exception types
@@ -70,6 +69,18 @@ def method_from_config(method_cfg: DictConfig | dict, default_train_length: int 
                            f"({str(error).splitlines()[0]})") from None
     if getattr(cls, "name", None) != name or METHODS.get(name) is not cls:
         raise HarnessError(f"method config {name!r} names class {target!r}, which is not the method {name!r}")
+    return cls
+
+
+def method_from_config(method_cfg: DictConfig | dict, default_train_length: int | None) -> Method:
+    """The method a ``conf/method`` node describes: its ``_target_`` class with its parameters.
+    ``default_train_length`` (the model's) is used where the config's ``train_length`` is null."""
+    if not isinstance(method_cfg, DictConfig):
+        method_cfg = OmegaConf.create(method_cfg)
+    name, params = method_settings(method_cfg)
+    if not method_cfg.get("_target_"):
+        raise HarnessError(f"method config {name!r} has no _target_ (the class of the method)")
+    method_class_of(method_cfg)  # imports and checks the class
     return build_method(name, default_train_length, **params)
 
 
@@ -99,5 +110,5 @@ def apply_method(model: nn.Module, method: str | Method, **params) -> nn.Module:
     return model
 
 
-__all__ = ["METHODS", "Method", "apply_method", "method_from_config", "method_names", "method_parameters",
-           "method_settings", "remove_method", "mesa_chunk_plan", "stair_positions"]
+__all__ = ["METHODS", "Method", "apply_method", "method_class_of", "method_from_config", "method_names",
+           "method_parameters", "method_settings", "remove_method", "mesa_chunk_plan", "stair_positions"]

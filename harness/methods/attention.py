@@ -164,6 +164,24 @@ def _explicit_lse(query, key, value, scaling, causal, block_bytes, band=None):
     return out, lse
 
 
+def trailing_causal_attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+    kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of queries that are the last Lq of the Lk keys (lower-right aligned: query
+    i sees keys 0..Lk-Lq+i): the earlier keys, all visible, and the queries' own keys (top-left
+    causal) as two attentions merged by their LSE, so both run on the fused kernel without a mask.
+    Returns (out, LSE) as :func:`attention_with_lse`."""
+    start = key.shape[2] - query.shape[2]
+    own = attention_with_lse(query, key[:, :, start:], value[:, :, start:], scaling, causal=True,
+                             kernels=kernels, block_bytes=block_bytes)
+    if start == 0:
+        return own
+    earlier = attention_with_lse(query, key[:, :, :start], value[:, :, :start], scaling,
+                                 kernels=kernels, block_bytes=block_bytes)
+    return merge_by_lse(own, earlier)
+
+
 def band_attention_with_lse(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, band: int,
     kernels: str = "fused", block_bytes: int = DEFAULT_BLOCK_BYTES,

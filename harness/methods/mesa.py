@@ -20,6 +20,20 @@ beyond, with a constant N (``stair_position``), plus the paper's DynamicSplit (A
 Decoding attends over the whole un-rotated cache with Stair PE recomputed for the new length;
 the woven keys are kept between steps and only re-woven when the stair moves (every C tokens).
 
+``last_chunk_rule`` (the paper's Figure 9 ablation) replaces Stair PE for the queries that see
+every earlier key (the last chunk, an unchunked prefill, each cached step) by ReRoPE's rule,
+W(d) = min(d, w), or Leaky-ReRoPE's, W(d) = d below w and w + (d - w) / k beyond, with
+w = ``last_chunk_window`` and k = ``last_chunk_leaky_k`` (or "auto", 1/k = (T - w) / (Lk - w) for
+Lk keys). The rule is a ReRoPE / LeakyReRoPE object (its checks, far positions and ALiBi distances)
+run through harness.methods.near_far's attention with this method's rotations and key cache; the
+first and middle chunks and log-n are unchanged; cached decoding equals recomputation with the plan
+held fixed (for a fixed k; "auto" changes k with the key count, as for Leaky-ReRoPE). Inferred:
+the paper does not say how the rules sit in the chunk framework; here they replace Stair PE
+wherever it is used, so, unlike Stair PE, they change attention below T too (an unchunked prefill),
+as ReRoPE does. With ``variant="paper"`` a rule replaces Eq. 3 and the variant only chooses the
+split (Algorithm 2), which is still the paper's framework; ``stair_width`` and ``stair_position``
+are then unused.
+
 ALiBi models (MPT; harness.methods.alibi). The released code is LLaMA-only and the paper, which
 reports MPT-7B results, does not say how Mesa was applied to ALiBi; this is inferred from the
 method's idea (keep every distance the model sees inside the trained range) by feeding the bias
@@ -31,7 +45,9 @@ exactly the distances the RoPE path gives each pair (:meth:`Mesa.alibi_distances
   * an unchunked prefill, a continuation and every decoding step see all earlier keys at their
     Stair distances for the current key count (the prompt's chunk width C), as on RoPE;
   * ``variant="paper"`` uses Eq. 3's W(d) per pair instead of woven positions past T;
-  * log-n scales the queries that use Stair PE (last chunk, decoding), as on RoPE.
+  * log-n scales the queries that use Stair PE (last chunk, decoding), as on RoPE;
+  * a ``last_chunk_rule`` gives those same queries its W per pair instead of the Stair distance
+    (the rule's own ALiBi distances, harness.methods.near_far).
 Why the same distances: ALiBi's bias is a function of the distance only, so a rule that gives
 each pair a distance transfers unchanged, and what Mesa keeps inside the trained range (every
 distance a first or middle chunk sees is below F + C < T; the Stair compresses the rest) is the
@@ -50,16 +66,20 @@ from harness.errors import HarnessError
 from harness.methods.alibi import pair_distances
 from harness.methods.attention import (
     DEFAULT_BLOCK_BYTES,
-    attention_with_lse,
     banded_two_rule_attention,
     causal_attention,
     grouped_sdpa,
-    merge_by_lse,
+    trailing_causal_attention_with_lse,
 )
 from harness.methods.base import WeaveMethod
+from harness.methods.near_far import NearFarMethod, near_far_cached, near_far_prefill
+from harness.methods.rerope import LeakyReRoPE, ReRoPE, check_leaky_k, check_window
 from harness.methods.rope import logn_scale
 
 VARIANTS = ("code", "paper")
+STAIR = "stair"
+# The last chunk's rules besides Stair PE (the paper's Figure 9), named as the methods whose rule they are.
+LAST_CHUNK_RULES: dict[str, type[ReRoPE]] = {rule.name: rule for rule in (ReRoPE, LeakyReRoPE)}
 
 
 @dataclass(frozen=True)
@@ -150,8 +170,11 @@ class Mesa(WeaveMethod):
     marker = "D"
     order = 40
     cached_decoding = "approximate"
-    decode_key_copies = 1  # the stair-rotated keys
-    length_params = ("first_chunk", "last_chunk", "stair_width", "stair_position", "first_chunk_cache", "min_remainder")
+    decode_key_copies = 1  # the stair-rotated keys (a last-chunk rule's own count replaces it)
+    length_params = ("first_chunk", "last_chunk", "stair_width", "stair_position", "first_chunk_cache", "min_remainder",
+                     "last_chunk_window")
+    # Added after Mesa rows were committed: at their defaults (Stair PE) they stay out of the results hash.
+    hash_neutral = ("last_chunk_rule", "last_chunk_window", "last_chunk_leaky_k")
 
     def __init__(
         self,
@@ -165,9 +188,17 @@ class Mesa(WeaveMethod):
         logn: bool = True,
         first_chunk_cache: int = 100,
         min_remainder: int = 200,
+        last_chunk_rule: str = STAIR,
+        last_chunk_window: int = 512,
+        last_chunk_leaky_k: float | str = 16,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ):
         super().__init__(train_length)
+        rules = (STAIR, *LAST_CHUNK_RULES)
+        if last_chunk_rule not in rules:
+            raise HarnessError(f"mesa last_chunk_rule must be one of {rules}, got {last_chunk_rule!r}")
+        check_window(last_chunk_window, "mesa last_chunk_window")
+        check_leaky_k(last_chunk_leaky_k, "mesa last_chunk_leaky_k")
         for key, value in dict(first_chunk=first_chunk, last_chunk=last_chunk, stair_width=stair_width,
                                stair_position=stair_position).items():
             if not isinstance(value, int) or value <= 0:
@@ -185,14 +216,31 @@ class Mesa(WeaveMethod):
         self.stair_position = stair_position
         self.logn = logn
         self.block_bytes = block_bytes
+        self.last_chunk_rule = last_chunk_rule
+        # The last chunk's rule (None: Stair PE): a ReRoPE or Leaky-ReRoPE used for its window and far
+        # positions only; this method rotates, caches keys and applies log-n (harness.methods.near_far).
+        self.last_rule: NearFarMethod | None = None
+        if last_chunk_rule != STAIR:
+            rule = LAST_CHUNK_RULES[last_chunk_rule]
+            settings = dict(window=last_chunk_window, leaky_k=last_chunk_leaky_k)
+            try:
+                self.last_rule = rule(train_length, **{k: v for k, v in settings.items() if k in rule.parameters()},
+                                      logn=False, block_bytes=block_bytes)
+            except HarnessError as error:  # e.g. leaky_k 'auto' with a window >= train_length
+                raise HarnessError(f"mesa last_chunk_rule {last_chunk_rule!r}: {error}") from None
+            self.decode_key_copies = self.last_rule.decode_key_copies
 
     def prefill_attention_bytes(self, shape, length, dtype_bytes, attn_implementation):
         """Stair-rotated keys, the stacked middle chunks (q, k, v, out ~ 4 x (L, H, D)) and the last
-        chunk's two parts; explicit kernels add the scores of one query block and their softmax."""
+        chunk's two parts; explicit kernels add the scores of one query block and their softmax.
+        With a last-chunk rule, at most the larger of that and the rule's own whole prefill."""
         per_token = shape.heads * shape.head_dim * dtype_bytes
         kv_per_token = shape.kv_heads * shape.head_dim * dtype_bytes
-        return (length * kv_per_token + 4 * length * per_token
-                + (2 * self.block_bytes if attn_implementation == "eager" else 0))
+        chunked = (length * kv_per_token + 4 * length * per_token
+                   + (2 * self.block_bytes if attn_implementation == "eager" else 0))
+        if self.last_rule is None:
+            return chunked
+        return max(chunked, self.last_rule.prefill_attention_bytes(shape, length, dtype_bytes, attn_implementation))
 
     def plan(self, input_length: int) -> ChunkPlan:
         return mesa_chunk_plan(input_length, **self.plan_params)
@@ -209,13 +257,15 @@ class Mesa(WeaveMethod):
         return plan if query_count == key_count and plan.last_start > 0 else None
 
     def alibi_distances(self, query_index, key_count):
-        """Stair distances over every earlier key; in a chunked prefill, the first and middle
-        chunks' queries see the first chunk plus their own chunk, the middle ones as if placed
-        right after the first chunk (module docstring)."""
+        """Stair distances (or the last-chunk rule's) over every earlier key; in a chunked prefill,
+        the first and middle chunks' queries see the first chunk plus their own chunk, the middle
+        ones as if placed right after the first chunk (module docstring)."""
         plan: ChunkPlan = self.state["plan"]
         distance, key_index = pair_distances(query_index, key_count)
         visible = distance >= 0
-        if self.variant == "paper" and key_count > self.train_length:
+        if self.last_rule is not None:  # ReRoPE's min(d, w) or Leaky-ReRoPE's w + (d - w) / k
+            stair = self.last_rule.alibi_distances(query_index, key_count)[0]
+        elif self.variant == "paper" and key_count > self.train_length:
             n, e = self.stair_position, self.stair_width
             stair = torch.where(distance <= n, distance, n + torch.div(distance - n + e - 1, e, rounding_mode="floor"))
         else:
@@ -292,11 +342,15 @@ class Mesa(WeaveMethod):
         out[:, :, f:end] = result[:, :, :, f:].transpose(1, 2).reshape(b, heads, n * width, dim)
 
     def _attend_all(self, layer_idx, query, key, value, scaling, query_start: int, decoding=False):
-        """The Lq queries at true indices query_start.. over all keys 0..Lk-1 with Stair PE (last
-        chunk, decoding); causal: query t sees keys 0..t."""
+        """The Lq queries at true indices query_start.. (the last Lq of the Lk keys) over all keys
+        with Stair PE or the last-chunk rule (last chunk, decoding); causal: query t sees keys 0..t."""
         lq, lk = query.shape[2], key.shape[2]
         if self.logn:
             query = query * self.logn_factor(query_start, lq, query)
+        if self.last_rule is not None:  # ReRoPE's near/far attention, with this method's rotations
+            if decoding:
+                return near_far_cached(self, self.last_rule, layer_idx, query, key, value, scaling)
+            return near_far_prefill(self, self.last_rule, query, key, value, scaling)
         if self.variant == "paper" and lk > self.train_length:
             return self._paper_stair(layer_idx, query, key, value, scaling, query_start, decoding)
         positions, layout = self._stair_positions(lk, query.device)
@@ -307,17 +361,9 @@ class Mesa(WeaveMethod):
     def _tail_attention(self, query, key, value, scaling):
         """Queries that are the last Lq of the Lk keys (lower-right causal): the earlier keys (all
         visible) and the queries' own keys (top-left causal) as two fused attentions, merged."""
-        lq, lk = query.shape[2], key.shape[2]
-        if lq == 1 and self.kernels == "fused":  # one decoding step sees every key: no mask at all
+        if query.shape[2] == 1 and self.kernels == "fused":  # one decoding step sees every key: no mask at all
             return grouped_sdpa(query, key, value, scaling)
-        start = lk - lq
-        own = attention_with_lse(query, key[:, :, start:], value[:, :, start:], scaling, causal=True,
-                                 kernels=self.kernels, block_bytes=self.block_bytes)
-        if start == 0:
-            return own[0]
-        earlier = attention_with_lse(query, key[:, :, :start], value[:, :, :start], scaling,
-                                     kernels=self.kernels, block_bytes=self.block_bytes)
-        return merge_by_lse(own, earlier)[0]
+        return trailing_causal_attention_with_lse(query, key, value, scaling, self.kernels, self.block_bytes)[0]
 
     def _stair_positions(self, kv_length: int, device: torch.device) -> tuple[torch.Tensor, object]:
         """Stair positions for ``kv_length`` keys on ``device`` (computed once per forward, not per

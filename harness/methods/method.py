@@ -13,6 +13,8 @@ The class states, once:
 * which of its parameters are lengths in tokens (``length_params``), which ``method.length_scale``
   multiplies (its released defaults were chosen for a model's training length; a model trained
   longer may want them scaled: see :func:`scale_lengths`);
+* which parameters were added after rows were committed (``hash_neutral``): at their defaults they
+  stay out of the results hash, so those rows' files keep their names (``hash_neutral_defaults``);
 * what it supports: ``rope_kinds`` (how positions reach attention, per harness.architectures),
   ``sliding_window``, ``cached_decoding``;
 * how it changes a model: :meth:`attach`; on ALiBi models (``"alibi"`` in ``rope_kinds``), its
@@ -58,6 +60,11 @@ class Method(ABC):
     decode_key_copies: ClassVar[int] = 0
     # Parameters that are lengths in tokens (windows, chunk widths): ``method.length_scale`` multiplies them.
     length_params: ClassVar[tuple[str, ...]] = ()
+    # Parameters added after rows were committed. At their default (the signature's, which
+    # ``hash_neutral_defaults`` holds) harness.job.results_path leaves them out of the results hash,
+    # so the committed files keep their names and stay resumable (as tasks' ``hash_neutral_defaults``).
+    hash_neutral: ClassVar[tuple[str, ...]] = ()
+    hash_neutral_defaults: ClassVar[dict[str, object]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -68,6 +75,13 @@ class Method(ABC):
             raise TypeError(f"method class {cls.__qualname__} ({cls.name!r}) does not state its {', '.join(missing)}")
         if cls.cached_decoding not in CACHED_DECODING:
             raise TypeError(f"method {cls.name!r}: cached_decoding must be one of {CACHED_DECODING}")
+        defaults = cls.parameters()
+        empty = inspect.Parameter.empty
+        no_default = [p for p in cls.hash_neutral if defaults.get(p, empty) is empty]
+        if no_default:
+            raise TypeError(f"method {cls.name!r}: hash_neutral names {', '.join(no_default)}, "
+                            "which are not parameters with a default")
+        cls.hash_neutral_defaults = {p: defaults[p] for p in cls.hash_neutral}
         register(METHODS, cls, "method")
 
     def __init__(self, train_length: int):

@@ -12,6 +12,11 @@ fused kernel. Cached steps (decoding) use the banded two-rule kernel, keeping th
 both rules between steps. Both rules depend only on (t, j) and the sequence length, so cached
 decoding is exact whenever the far rule does not depend on the length.
 
+The two attentions are functions of a method (rotations, kernels, rotated-key cache) and a rule
+(window, far positions): :func:`near_far_prefill` also serves queries that are only the last ones
+of the keys, so Mesa runs its last chunk with a ReRoPE or Leaky-ReRoPE as the rule
+(``last_chunk_rule``, harness.methods.mesa).
+
 On an ALiBi model (harness.methods.alibi) the same two rules give the distance fed to the bias:
 W(t, j) = t - j near the diagonal and ``far_query_positions(t) - far_key_positions(j)`` beyond
 (:meth:`NearFarMethod.alibi_distances`), every earlier key visible, log-n scaling as on RoPE.
@@ -23,10 +28,10 @@ import torch
 
 from harness.methods.alibi import pair_distances
 from harness.methods.attention import (
-    attention_with_lse,
-    band_attention_with_lse,
     banded_two_rule_attention,
     merge_by_lse,
+    trailing_band_attention_with_lse,
+    trailing_causal_attention_with_lse,
 )
 from harness.methods.base import WeaveMethod
 from harness.methods.rope import logn_scale
@@ -80,41 +85,55 @@ class NearFarMethod(WeaveMethod):
         if self.logn:
             query = query * self.logn_factor(lk - lq, lq, query)
         if lq == lk and lq > 1:
-            return self._prefill(query, key, value, scaling)
-        return self._attend_cached(layer_idx, query, key, value, scaling)
+            return near_far_prefill(self, self, query, key, value, scaling)
+        return near_far_cached(self, self, layer_idx, query, key, value, scaling)
 
-    def _prefill(self, query, key, value, scaling):
-        """Near band + far part, each (out, LSE), merged: no L x L tensor anywhere."""
-        length, w = key.shape[2], self.window
-        index = torch.arange(length, device=query.device)
-        near = band_attention_with_lse(self.rope(query, index, "true"), self.rope(key, index, "true"), value, scaling,
-                                       band=w, kernels=self.kernels, block_bytes=self.block_bytes)
-        if length <= w:  # every pair is near
-            return near[0]
-        # Far pairs: query t >= w over keys j <= t - w, i.e. row t - w of a top-left causal
-        # attention over keys 0..L-w-1.
-        far_query = self.rope(query[:, :, w:], self.far_query_positions(index[w:], length), "far-queries")
-        far_key = key[:, :, : length - w]
-        positions, _ = self.far_key_positions(index[: length - w], length)
-        if positions is not None:
-            far_key = self.rope(far_key, positions, "far-keys")
-        far = attention_with_lse(far_query, far_key, value[:, :, : length - w], scaling, causal=True,
-                                 kernels=self.kernels, block_bytes=self.block_bytes)
-        out = near[0]
-        out[:, :, w:] = merge_by_lse((near[0][:, :, w:], near[1][:, :, w:]), far)[0]
-        return out
 
-    def _attend_cached(self, layer_idx, query, key, value, scaling):
-        """Queries that are the last Lq of Lk cached keys (decoding), explicit two-rule scores."""
-        lq, lk = query.shape[2], key.shape[2]
-        device = query.device
-        query_index = torch.arange(lk - lq, lk, device=device)
-        key_index = torch.arange(lk, device=device)
-        keep = lq < lk  # decoding: keep rotated keys for the next step
-        near_query = self.rope(query, query_index, "near-queries")
-        near_key = self.rotated_keys(layer_idx, "near", key, key_index, keep, layout="true")
-        far_query = self.rope(query, self.far_query_positions(query_index, lk), "far-queries")
-        positions, layout = self.far_key_positions(key_index, lk)
-        far_key = key if positions is None else self.rotated_keys(layer_idx, "far", key, positions, keep, layout)
-        return banded_two_rule_attention(near_query, near_key, [far_query], [far_key], value, lk - lq,
-                                         band=self.window, scaling=scaling, block_bytes=self.block_bytes)
+def near_far_prefill(method: WeaveMethod, rule: NearFarMethod, query, key, value, scaling):
+    """Near band + far part, each (out, LSE), merged: no L x L tensor anywhere.
+
+    ``rule`` gives the window and the far positions, ``method`` the rotations and kernels (the
+    same object for ReRoPE; Mesa's last chunk uses a ReRoPE as its rule). The queries are the
+    last Lq of the Lk keys: a whole prefill (Lq == Lk) or Mesa's last chunk; log-n, if any, is
+    already applied."""
+    lq, length, w = query.shape[2], key.shape[2], rule.window
+    start = length - lq
+    index = torch.arange(length, device=query.device)
+    near_key = method.rope(key, index, "true")
+    # (the table's name and size fix its positions; a whole prefill shares the keys' table)
+    near_query = method.rope(query, index[start:], "true" if start == 0 else f"true-from-{start}")
+    near = trailing_band_attention_with_lse(near_query, near_key, value, scaling, band=w, kernels=method.kernels,
+                                            block_bytes=method.block_bytes)
+    if length <= w:  # every pair is near
+        return near[0]
+    # Far pairs: query t >= w over keys j <= t - w, i.e. the last queries of a lower-right causal
+    # attention over keys 0..L-w-1 (top-left, plain causal, for a whole prefill).
+    first = max(start, w)
+    far_query = method.rope(query[:, :, first - start :], rule.far_query_positions(index[first:], length),
+                            "far-queries")
+    far_key = key[:, :, : length - w]
+    positions, _ = rule.far_key_positions(index[: length - w], length)
+    if positions is not None:
+        far_key = method.rope(far_key, positions, "far-keys")
+    far = trailing_causal_attention_with_lse(far_query, far_key, value[:, :, : length - w], scaling,
+                                             kernels=method.kernels, block_bytes=method.block_bytes)
+    out = near[0]
+    out[:, :, first - start :] = merge_by_lse((near[0][:, :, first - start :], near[1][:, :, first - start :]), far)[0]
+    return out
+
+
+def near_far_cached(method: WeaveMethod, rule: NearFarMethod, layer_idx, query, key, value, scaling):
+    """Queries that are the last Lq of Lk cached keys (decoding), explicit two-rule scores;
+    ``method`` and ``rule`` as in :func:`near_far_prefill`."""
+    lq, lk = query.shape[2], key.shape[2]
+    device = query.device
+    query_index = torch.arange(lk - lq, lk, device=device)
+    key_index = torch.arange(lk, device=device)
+    keep = lq < lk  # decoding: keep rotated keys for the next step
+    near_query = method.rope(query, query_index, "near-queries")
+    near_key = method.rotated_keys(layer_idx, "near", key, key_index, keep, layout="true")
+    far_query = method.rope(query, rule.far_query_positions(query_index, lk), "far-queries")
+    positions, layout = rule.far_key_positions(key_index, lk)
+    far_key = key if positions is None else method.rotated_keys(layer_idx, "far", key, positions, keep, layout)
+    return banded_two_rule_attention(near_query, near_key, [far_query], [far_key], value, lk - lq,
+                                     band=rule.window, scaling=scaling, block_bytes=method.block_bytes)

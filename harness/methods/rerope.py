@@ -28,6 +28,21 @@ from harness.methods.attention import DEFAULT_BLOCK_BYTES
 from harness.methods.near_far import NearFarMethod
 
 
+def check_window(window, name: str = "window") -> int:
+    """The window w, a positive integer; else one line naming ``name`` (Mesa checks its
+    ``last_chunk_window`` here too)."""
+    if not isinstance(window, int) or window <= 0:
+        raise HarnessError(f"{name} must be a positive integer, got {window!r}")
+    return window
+
+
+def check_leaky_k(leaky_k, name: str = "leaky_k") -> float | str:
+    """Leaky-ReRoPE's k: a number >= 1, or "auto" (the paper's per-input k); else one line naming ``name``."""
+    if leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
+        raise HarnessError(f"{name} must be a number >= 1 or 'auto', got {leaky_k!r}")
+    return leaky_k
+
+
 class ReRoPE(NearFarMethod):
     """ReRoPE: every distance of ``window`` or more is seen as ``window`` (optional log-n query scaling)."""
 
@@ -44,9 +59,7 @@ class ReRoPE(NearFarMethod):
     def __init__(self, train_length: int, window: int = 512, logn: bool = True,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length)
-        if not isinstance(window, int) or window <= 0:
-            raise HarnessError(f"window must be a positive integer, got {window!r}")
-        self.window = window
+        self.window = check_window(window)
         self.logn = logn
         self.block_bytes = block_bytes
 
@@ -84,8 +97,7 @@ class LeakyReRoPE(ReRoPE):
     def __init__(self, train_length: int, window: int = 512, leaky_k: float | str = 16, logn: bool = True,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__(train_length, window=window, logn=logn, block_bytes=block_bytes)
-        if leaky_k != "auto" and not (isinstance(leaky_k, (int, float)) and leaky_k >= 1):
-            raise HarnessError(f"leaky_k must be a number >= 1 or 'auto', got {leaky_k!r}")
+        check_leaky_k(leaky_k)
         if leaky_k == "auto" and window >= train_length:
             raise HarnessError(f"leaky_k 'auto' needs window < train_length, got window={window}, "
                                f"train_length={train_length}")

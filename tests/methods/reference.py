@@ -98,3 +98,14 @@ def reference_rope_position(kv_seq_len, T, E, C):
         sorted_pos2, _ = torch.sort(pos2.repeat(E))
         return torch.cat([sorted_pos2, pos1])[-kv_seq_len:]
     return torch.arange(kv_seq_len)
+
+
+# ---- ReRoPE's and Leaky-ReRoPE's rule (also Mesa's last-chunk rule) ---------------------------------
+def reference_rerope_distance(d: torch.Tensor, window: int, leaky_k=None, train_length=None, key_count=None):
+    """W(d) per pair, float64, from the written rules: ReRoPE (leaky_k None) min(d, w); Leaky-ReRoPE
+    d below w, w + (d - w) / k beyond; k = "auto": 1/k = (T - w) / (Lk - w), capped at 1."""
+    d = d.double()
+    if leaky_k is None:
+        return torch.clamp(d, max=window)
+    inv_k = min(1.0, (train_length - window) / max(1, key_count - window)) if leaky_k == "auto" else 1.0 / leaky_k
+    return torch.where(d < window, d, window + (d - window) * inv_k)

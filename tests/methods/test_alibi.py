@@ -34,6 +34,10 @@ ROTARY_ONLY = [m for m in METHODS if m not in ALIBI_METHODS]
 # (case name, method, parameters): every ALiBi method with its tiny settings, plus variants.
 CASES = [(m, m, TINY_PARAMS[m]) for m in ALIBI_METHODS] + [
     ("mesa-paper", "mesa", dict(TINY_PARAMS["mesa"], variant="paper")),
+    ("mesa-rerope", "mesa", dict(TINY_PARAMS["mesa"], last_chunk_rule="rerope")),
+    ("mesa-leaky-rerope", "mesa", dict(TINY_PARAMS["mesa"], last_chunk_rule="leaky-rerope", last_chunk_leaky_k=4)),
+    ("mesa-leaky-rerope-auto", "mesa", dict(TINY_PARAMS["mesa"], last_chunk_rule="leaky-rerope",
+                                            last_chunk_leaky_k="auto")),
     ("leaky-rerope-auto", "leaky-rerope", dict(window=32, leaky_k="auto")),
     ("self-extend-uneven", "self-extend", dict(window=30, group_size=4)),  # G does not divide the window
     ("lm-infinite-short", "lm-infinite", dict(n_global=10, n_local=64, distance_limit=48)),  # limit < n_local
@@ -135,7 +139,8 @@ class LMInfiniteRule(Rule):
 
 class MesaRule(Rule):
     """The released code's chunk loop and Stair positions (tests/methods/reference.py); the paper
-    variant's Eq. 3 per pair. The prompt's chunk width serves every later forward."""
+    variant's Eq. 3 per pair; a last-chunk rule's W per pair (ReRoPE min(d, w), Leaky-ReRoPE
+    w + (d - w) / k beyond w) where Stair PE would be. The prompt's chunk width serves every later forward."""
 
     def begin(self, past, keys):
         s = self.s
@@ -161,6 +166,12 @@ class MesaRule(Rule):
 
     def stair(self, t, j):
         d = t - j
+        rule, w, k = self.s["last_chunk_rule"], self.s["last_chunk_window"], self.s["last_chunk_leaky_k"]
+        if rule != "stair":
+            if d < w or rule == "rerope":
+                return min(d, w)
+            inv_k = min(1.0, (T - w) / max(1, self.keys - w)) if k == "auto" else 1 / k
+            return w + (d - w) * inv_k
         if self.s["variant"] == "paper" and self.keys > T:
             n, e = self.s["stair_position"], self.s["stair_width"]
             return d if d <= n else n + math.ceil((d - n) / e)

@@ -120,16 +120,20 @@ def _bound(method, kernels):
 
 
 WEAVE_METHODS = [name for name, cls in METHODS.items() if issubclass(cls, WeaveMethod)]
+# (case, method, parameters): every weave method with its tiny settings, plus Mesa's last-chunk rules.
+NO_SQUARE_CASES = [(name, name, TINY_PARAMS[name]) for name in WEAVE_METHODS] + [
+    (f"mesa-{rule}", "mesa", dict(TINY_PARAMS["mesa"], last_chunk_rule=rule)) for rule in ("rerope", "leaky-rerope")]
 
 
 @pytest.mark.parametrize("kernels", ["fused", "explicit"])
-@pytest.mark.parametrize("name", WEAVE_METHODS)
-def test_prefill_builds_no_length_squared_tensor(name, kernels):
+@pytest.mark.parametrize("case", NO_SQUARE_CASES, ids=[c[0] for c in NO_SQUARE_CASES])
+def test_prefill_builds_no_length_squared_tensor(case, kernels):
     """At 2k tokens no op returns a tensor as large as one head's L x L scores (4M elements):
     every weave method's parts are fused kernels or blocks of bounded size (settings of the tiny
     test model, trained at 128 tokens, so 2k is far beyond it)."""
+    _, name, params = case
     length = 2048
-    method = _bound(METHODS[name](TRAIN_LENGTH, **dict(TINY_PARAMS[name], block_bytes=2**20)), kernels)
+    method = _bound(METHODS[name](TRAIN_LENGTH, **dict(params, block_bytes=2**20)), kernels)
     q, k, v = qkv(length, length, scale=1.0)
     with LargestTensor() as spy:
         method.attend(0, q, k, v, 0.25)

@@ -19,17 +19,22 @@ TINY_MESA = tiny_params("mesa")
 # enough decode steps for Mesa's stair to move (its chunk width here is a few dozen tokens).
 LENGTH = 3 * TRAIN_LENGTH + 5
 CASES = [(m, TINY_PARAMS[m]) for m in METHODS] + [("mesa-paper", dict(TINY_MESA, variant="paper")),
-                                                   ("leaky-rerope-auto", dict(window=32, leaky_k="auto"))]
+                                                   ("leaky-rerope-auto", dict(window=32, leaky_k="auto")),
+                                                   ("mesa-last-leaky", dict(TINY_MESA, last_chunk_rule="leaky-rerope"))]
 
 
-CASE_ARCHS = [(case, arch) for case in CASES for arch in archs_for(case[0].replace("-paper", "").replace("-auto", ""))]
+def method_of(case: str) -> str:
+    return case.replace("-paper", "").replace("-auto", "").replace("-last-leaky", "")
+
+
+CASE_ARCHS = [(case, arch) for case in CASES for arch in archs_for(method_of(case[0]))]
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("case,arch", CASE_ARCHS, ids=[f"{c[0]}-{a}" for c, a in CASE_ARCHS])
 def test_no_tensor_is_created_off_device(arch, case, implementation):
     name, params = case
-    method = name.replace("-paper", "").replace("-auto", "")
+    method = method_of(name)
     model = apply_method(tiny_model(arch, attn_implementation=implementation), method, **params)
     ids = random_ids(LENGTH)
     with torch.device("meta"):

@@ -1,19 +1,24 @@
-"""Mesa: chunk plan, Stair PE and the chunk-triangular attention against the released code's rules."""
+"""Mesa: chunk plan, Stair PE and the chunk-triangular attention against the released code's rules;
+the ReRoPE / Leaky-ReRoPE last-chunk rules against their per-pair definition."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 
 from harness.errors import HarnessError
 from harness.methods import apply_method, mesa_chunk_plan, stair_positions
 from harness.methods.mesa import ChunkPlan, Mesa
+from harness.methods.method import decoder_of
 from tests.conftest import TRAIN_LENGTH, random_ids, tiny_model, tiny_params
 from tests.methods.reference import (
     naive_attention,
     naive_positional_attention,
     reference_chunk_width,
     reference_chunks,
+    reference_rerope_distance,
     reference_rope_position,
 )
 from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, qkv
@@ -21,6 +26,12 @@ from tests.methods.test_rerope import FULL_ROTARY, PARTIAL_ROTARY, qkv
 TINY_MESA = tiny_params("mesa")  # Mesa's defaults are for T = 2048+; these fit T = 128
 
 T = TRAIN_LENGTH
+# The last-chunk rules, with the tiny window (TINY_MESA's last_chunk_window) and a strong leak.
+LAST_RULES = {
+    "rerope": dict(last_chunk_rule="rerope"),
+    "leaky": dict(last_chunk_rule="leaky-rerope", last_chunk_leaky_k=4),
+    "leaky-auto": dict(last_chunk_rule="leaky-rerope", last_chunk_leaky_k="auto"),
+}
 PLAN_KEYS = ("first_chunk", "last_chunk", "reserve_new_tokens", "first_chunk_cache", "min_remainder")
 
 
@@ -100,8 +111,9 @@ def _bound_mesa(inv_freq, plan_length, kernels="fused", **overrides):
     return method
 
 
-def _reference_rows(I, t_values, kv, C, logn=True, plan_length=None):
-    """Per query: (query position, key indices, key positions, log-n factor) from the released code."""
+def _reference_rows(I, t_values, kv, C, logn=True, plan_length=None, rule=None):
+    """Per query: (query position, key indices, key positions, log-n factor) from the released code.
+    ``rule`` (window, leaky_k) replaces Stair PE in the last chunk by W(d) per pair (key at t - W)."""
     plan_length = plan_length or I
     F, E = TINY_MESA["first_chunk"], TINY_MESA["stair_width"]
     chunks = (reference_chunks(plan_length, F, C) if plan_length >= T - TINY_MESA["reserve_new_tokens"]
@@ -117,9 +129,14 @@ def _reference_rows(I, t_values, kv, C, logn=True, plan_length=None):
             positions = torch.cat((torch.arange(F), F + torch.arange(t + 1 - begin)))
             rows.append((float(F + t - begin), keys, positions, 1.0))
         else:
-            positions = reference_rope_position(kv, T, E, C)
             factor = max(1.0, math.log(t + 1) / math.log(T)) if logn else 1.0
-            rows.append((float(positions[t]), torch.arange(t + 1), positions[: t + 1], factor))
+            keys = torch.arange(t + 1)
+            if rule is not None:
+                distance = reference_rerope_distance(t - keys, **rule, train_length=T, key_count=kv)
+                rows.append((float(t), keys, t - distance, factor))
+                continue
+            positions = reference_rope_position(kv, T, E, C)
+            rows.append((float(positions[t]), keys, positions[: t + 1], factor))
     return rows
 
 
@@ -167,12 +184,14 @@ def test_paper_variant_matches_eq3(lq):
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
 
 
-def test_cached_decoding_equals_recomputation_with_plan_held_fixed():
+@pytest.mark.parametrize("rule", [None, "rerope", "leaky"])
+def test_cached_decoding_equals_recomputation_with_plan_held_fixed(rule):
     """Prefill I tokens then decode n; equals one forward over I + n tokens with the same chunks
-    (the last chunk extended) as long as the stair does not move (P does not wrap)."""
+    (the last chunk extended) as long as the stair does not move (P does not wrap). The last-chunk
+    rules (fixed k) depend on the distance only: no stair to move."""
     I, n = 300, 4
     ids = random_ids(I + n)
-    model = apply_method(tiny_model(), "mesa", **TINY_MESA)
+    model = apply_method(tiny_model(), "mesa", **TINY_MESA, **(LAST_RULES[rule] if rule else {}))
     mesa = model.model.harness_method
     plan = mesa.plan(I)
     assert (I - 1) % plan.chunk_width + n < plan.chunk_width  # no wrap within the n steps
@@ -219,3 +238,123 @@ def test_position_tables_are_computed_once_per_forward_not_per_layer(monkeypatch
         calls.clear()
         model(input_ids=random_ids(1, seed=6), cache=out.cache, use_cache=True)
     assert calls == [1, 1], calls  # the query's table and the new key's, once for all 4 layers
+
+
+# ---- the last-chunk rules (ReRoPE's and Leaky-ReRoPE's, the paper's Figure 9) ----------------------
+def _rule(name: str) -> dict:
+    """The naive rule's settings (window, leaky_k; None: ReRoPE's clip) for LAST_RULES[name]."""
+    params = LAST_RULES[name]
+    leaky = params["last_chunk_rule"] == "leaky-rerope"
+    return dict(window=TINY_MESA["last_chunk_window"], leaky_k=params["last_chunk_leaky_k"] if leaky else None)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("inv_freq", [FULL_ROTARY, PARTIAL_ROTARY], ids=["full", "partial"])
+@pytest.mark.parametrize("I", [100, 126, 300, 333])  # 100: unchunked, every query sees all keys
+@pytest.mark.parametrize("rule", list(LAST_RULES))
+def test_last_chunk_rule_prefill_matches_per_pair_definition(rule, kernels, inv_freq, I):
+    """First and middle chunks as the released code; the last chunk's query t sees key j at W(t - j)."""
+    method = _bound_mesa(inv_freq, I, kernels, block_bytes=1, **LAST_RULES[rule])
+    C = method.state["plan"].chunk_width
+    q, k, v = qkv(I, I)
+    got = method.attend(0, q, k, v, 0.25)
+    expected = naive_positional_attention(q, k, v, 0.25, inv_freq, _reference_rows(I, range(I), I, C, rule=_rule(rule)))
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernels", ["fused", "explicit"])
+@pytest.mark.parametrize("lq", [1, 9], ids=["decode", "continue"])
+@pytest.mark.parametrize("kv", [150, 301])
+@pytest.mark.parametrize("rule", list(LAST_RULES))
+def test_last_chunk_rule_decode_step_matches_per_pair_definition(rule, kernels, lq, kv):
+    I = 140
+    method = _bound_mesa(FULL_ROTARY, I, kernels, **LAST_RULES[rule])
+    C = method.state["plan"].chunk_width
+    q, k, v = qkv(lq, kv)
+    got = method.attend(0, q, k, v, 0.25)
+    rows = _reference_rows(I, range(kv - lq, kv), kv, C, plan_length=I, rule=_rule(rule))
+    torch.testing.assert_close(got.double(), naive_positional_attention(q, k, v, 0.25, FULL_ROTARY, rows),
+                               atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])  # GQA, full rotary; partial rotary
+@pytest.mark.parametrize("rule", list(LAST_RULES))
+def test_last_chunk_rule_logits_equal_a_model_with_naive_attention(rule, arch):
+    """Past 3T on the tiny model: Mesa's logits equal the same model whose attention is the naive
+    per-pair definition (float64, explicit softmax over every visible key); and the rule changes
+    them (against Stair PE), so the equality is not vacuous."""
+    length = 3 * T + 5
+    ids = random_ids(length)
+    model = apply_method(tiny_model(arch), "mesa", **TINY_MESA, **LAST_RULES[rule])
+    mesa = decoder_of(model).harness_method
+    C = mesa.plan(length).chunk_width
+    with torch.no_grad():
+        got = model(ids).logits[0]
+
+        def naive(layer_idx, q, k, v, scaling):
+            rows = _reference_rows(length, range(length), length, C, rule=_rule(rule))
+            return naive_positional_attention(q, k, v, scaling, mesa.inv_freq, rows).to(q.dtype)
+
+        mesa.attend = naive
+        expected = model(ids).logits[0]
+        stair = apply_method(tiny_model(arch), "mesa", **TINY_MESA)(ids).logits[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    last = mesa.plan(length).last_start
+    assert (got[last:] - stair[last:]).abs().max() > 0.1
+    torch.testing.assert_close(got[:last], stair[:last])  # the first and middle chunks are unchanged
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(last_chunk_rule="ntk"),
+     r"mesa last_chunk_rule must be one of \('stair', 'rerope', 'leaky-rerope'\), got 'ntk'"),
+    (dict(last_chunk_window=0), "mesa last_chunk_window must be a positive integer, got 0"),
+    (dict(last_chunk_window=2.5), "mesa last_chunk_window must be a positive integer, got 2.5"),
+    (dict(last_chunk_leaky_k=0), "mesa last_chunk_leaky_k must be a number >= 1 or 'auto', got 0"),
+    (dict(last_chunk_leaky_k="fast"), "mesa last_chunk_leaky_k must be a number >= 1 or 'auto', got 'fast'"),
+    (dict(last_chunk_rule="leaky-rerope", last_chunk_leaky_k="auto", last_chunk_window=T),
+     "mesa last_chunk_rule 'leaky-rerope': leaky_k 'auto' needs window < train_length, got window=128"),
+])
+def test_bad_last_chunk_settings_are_refused_in_one_line(params, message):
+    with pytest.raises(HarnessError, match=f"^{message}") as error:
+        Mesa(T, **dict(TINY_MESA, **params))
+    assert "\n" not in str(error.value)
+
+
+def test_plan_mode_refuses_a_bad_last_chunk_rule(tmp_path):
+    from harness.plan import plan_job
+    from tests.test_runner import config
+
+    with pytest.raises(HarnessError, match="^mesa last_chunk_rule must be one of"):
+        plan_job(config(tmp_path, "method=mesa", "method.last_chunk_rule=rerop"))
+
+
+def test_decoding_keeps_the_rules_rotated_keys():
+    """Plan mode's decode memory: ReRoPE's rule keeps one rotated copy of K, Leaky-ReRoPE's two."""
+    assert Mesa(T, **TINY_MESA).decode_key_copies == 1
+    assert Mesa(T, **TINY_MESA, **LAST_RULES["rerope"]).decode_key_copies == 1
+    assert Mesa(T, **TINY_MESA, **LAST_RULES["leaky"]).decode_key_copies == 2
+
+
+ROOT = Path(__file__).resolve().parents[2]
+NEW_KEYS = ("last_chunk_rule", "last_chunk_window", "last_chunk_leaky_k")
+
+
+def test_the_default_last_chunk_rule_keeps_every_committed_mesa_file(tmp_path):
+    """A Mesa job composed today has the new keys at their defaults (conf/method/mesa.yaml); its
+    hash is still the one of the committed config that predates them, so those files resume."""
+    from harness.job import results_path
+    from tests.test_runner import config
+
+    defaults = OmegaConf.load(ROOT / "conf" / "method" / "mesa.yaml")
+    committed = sorted(ROOT.glob("results/*/runs/*/*/mesa-*.yaml"))
+    assert committed
+    for saved in committed:
+        cfg = OmegaConf.load(saved)
+        assert not set(NEW_KEYS) & set(cfg.method)  # written before the keys existed
+        with open_dict(cfg):
+            cfg.method.update({key: defaults[key] for key in NEW_KEYS})
+        assert results_path(cfg)[1] == saved.stem.rsplit("-", 1)[1], saved
+    today = config(tmp_path, "method=mesa")
+    digest = results_path(today)[1]
+    for override in ("method.last_chunk_rule=rerope", "method.last_chunk_window=256", "method.last_chunk_leaky_k=8"):
+        assert results_path(config(tmp_path, "method=mesa", override))[1] != digest, override
