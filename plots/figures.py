@@ -551,9 +551,8 @@ def plot_attention_maps(frame: pd.DataFrame, task: str, figure: Figure, out_dir:
         fig.colorbar(image, ax=axes, shrink=0.6, pad=0.01, aspect=40).set_label(
             f"attention weight of the query bin on the key bin (log; <= {ATTENTION_FLOOR:g} at the bottom); "
             "white: keys after the queries", fontsize=7)
-    fig.suptitle(f"{figure.title}: attention weights pooled to bins of query and key positions (mean over a "
-                 "query bin's queries of each query's total weight on the key bin); dashed: training length",
-                 fontsize=8)
+    fig.suptitle(f"{figure.title}: weights pooled to bins of query and key positions\n(mean over a query bin's "
+                 "queries of each query's total weight on the key bin); dashed: training length", fontsize=8)
     return _save(fig, out_dir, figure.file)
 
 

@@ -176,8 +176,8 @@ class AttentionMapTask(Task):
                       "each model, length, layer and head (or the mean over heads). Each cell is the attention "
                       "weight a query bin puts on a key bin: the mean over the bin's queries of each query's total "
                       "weight on the key bin's keys (grid x grid equal-width bins over token positions; each row "
-                      "sums to 1). Log colour scale shared by the panels of a row; blank = keys after the queries "
-                      "(causal). Dashed lines = the training length on both axes."),)
+                      "sums to 1). One log colour scale, 1e-4 (and less) to 1, in every panel; blank = keys after the "
+                      "queries (causal). Dashed lines = the training length on both axes."),)
 
     @classmethod
     def check_params(cls, params: dict) -> None:
