@@ -489,9 +489,91 @@ def plot_hidden_curves(frame: pd.DataFrame, task: str, figure: Figure, out_dir: 
     return _save(fig, out_dir, figure.file)
 
 
+ATTENTION_COLUMNS = 5  # panels (methods) per row of an attention-map figure
+ATTENTION_FLOOR = 1e-4  # the log colour scale of attention maps: [floor, 1]; smaller weights (and 0) at the floor
+
+
+def attention_grid(cell: pd.DataFrame) -> np.ndarray:
+    """A (grid, grid) array of one map's rows (query bin x key bin); NaN where there is no row
+    (key bins after the query bin: the task writes none, causal attention puts nothing there)."""
+    grid = int(max(cell["query_bin"].max(), cell["key_bin"].max())) + 1
+    values = np.full((grid, grid), np.nan)
+    values[cell["query_bin"].to_numpy(dtype=int), cell["key_bin"].to_numpy(dtype=int)] = cell["score"].to_numpy(float)
+    return values
+
+
+def plot_attention_maps(frame: pd.DataFrame, task: str, figure: Figure, out_dir: Path) -> list[Path]:
+    """The paper's Figures 11-12 and 15-16: per (model, length, layer, head) a row of panels, one
+    per method (up to ``ATTENTION_COLUMNS`` a row), each the pooled attention map (query position
+    down, key position across, both in tokens) on one log colour scale, [``ATTENTION_FLOOR``, 1],
+    shared by every panel; the training length dashed on both axes. A method whose length failed
+    says OOM/ERR in its panel, one without rows says so."""
+    from matplotlib.colors import LogNorm
+
+    rows = frame[frame["task"] == task]
+    if rows.empty:
+        return []
+    ok = rows[rows["status"] == "ok"]
+    methods = methods_in(rows)
+    keys = ["model", "length", "layer", "head"]
+    blocks = [tuple(b) for b in ok[keys].drop_duplicates().to_numpy()] if len(ok) else []
+    for model, length in rows[["model", "length"]].drop_duplicates().to_numpy():  # lengths where every method failed
+        if not any(b[0] == model and b[1] == length for b in blocks):
+            blocks.append((model, length, None, None))
+    blocks.sort(key=lambda b: (b[0], b[1], -1 if b[2] is None else b[2], -2 if b[3] is None else b[3]))
+    columns = min(ATTENTION_COLUMNS, len(methods))
+    per_block = -(-len(methods) // columns)
+    fig, axes = plt.subplots(len(blocks) * per_block, columns, squeeze=False, layout="constrained",
+                             figsize=(2.6 * columns + 1.0, 3.2 * len(blocks) * per_block + 0.5))
+    norm = LogNorm(vmin=ATTENTION_FLOOR, vmax=1.0)
+    cmap = plt.get_cmap("magma").with_extremes(bad="white")
+    image = None
+    for b, (model, length, layer, head) in enumerate(blocks):
+        panels = list(axes[b * per_block : (b + 1) * per_block].flat)
+        for ax in panels[len(methods):]:
+            ax.axis("off")
+        heads = "" if layer is None else ("mean over heads" if head < 0 else f"head {int(head)}")
+        where = f"{model}, {length_label(length)}" + ("" if layer is None else f", layer {int(layer)}, {heads}")
+        for k, (ax, method) in enumerate(zip(panels, methods)):
+            st = style(method)
+            ax.set_title(f"{st['label']}\n{where}", fontsize=7, color=st["color"])
+            everything = rows[(rows["model"] == model) & (rows["method"] == method) & (rows["length"] == length)]
+            cell = ok[(ok["model"] == model) & (ok["method"] == method) & (ok["length"] == length)
+                      & (ok["layer"] == layer) & (ok["head"] == head)] if layer is not None else ok.iloc[:0]
+            if cell.empty:
+                failed = everything[everything["status"] != "ok"]
+                ax.text(0.5, 0.5, failed["status"].iloc[0].upper() if len(failed) else "no rows", ha="center",
+                        va="center", fontsize=9, color=st["color"], transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            tokens = int(cell["tokens"].iloc[0])
+            values = attention_grid(cell)
+            image = ax.imshow(np.ma.masked_invalid(np.maximum(values, ATTENTION_FLOOR)), cmap=cmap, norm=norm,
+                              extent=(0, tokens, tokens, 0), interpolation="nearest")
+            t = cell["train_length"].iloc[0] if "train_length" in cell else None
+            t = configured_train_length(model) if t is None or pd.isna(t) else int(t)
+            if t is not None and t < tokens:
+                ax.axvline(t, color="#00c8ff", linestyle="--", linewidth=0.9)
+                ax.axhline(t, color="#00c8ff", linestyle="--", linewidth=0.9)
+            ax.tick_params(labelsize=6)
+            if k % columns == 0:
+                ax.set_ylabel("query position (tokens)", fontsize=7)
+            if k >= len(methods) - columns:  # the lowest panel of its column in this block
+                ax.set_xlabel("key position (tokens)", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, pad=0.01, aspect=40).set_label(
+            f"attention weight of the query bin on the key bin (log; <= {ATTENTION_FLOOR:g} at the bottom); "
+            "white: keys after the queries", fontsize=7)
+    fig.suptitle(f"{figure.title}: weights pooled to bins of query and key positions\n(mean over a query bin's "
+                 "queries of each query's total weight on the key bin); dashed: training length", fontsize=8)
+    return _save(fig, out_dir, figure.file)
+
+
 # Figure.kind (tasks.base.FIGURE_KINDS, the one list of them) -> the function that draws it
 PLOTS = {"accuracy": plot_metric_vs_length, "mean_std": plot_metric_vs_length,
-         "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map, "hidden_curve": plot_hidden_curves}
+         "memory_and_latency": plot_memory_and_latency, "depth_map": plot_depth_map, "hidden_curve": plot_hidden_curves,
+         "attention_map": plot_attention_maps}
 if set(PLOTS) != set(FIGURE_KINDS):  # a kind a task may state must have a drawing, and only those
     raise ImportError(f"plots.figures draws the figure kinds {sorted(PLOTS)}, tasks.base.FIGURE_KINDS lists "
                       f"{sorted(FIGURE_KINDS)}")

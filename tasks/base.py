@@ -51,7 +51,7 @@ TASKS: dict[str, type[Task]] = {}
 LENGTH_UNITS = ("tokens", "lines")
 SCORE_KINDS = ("binary", "continuous", None)
 # The one list of figure kinds: plots.figures draws each (and checks it draws no other).
-FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map", "hidden_curve")
+FIGURE_KINDS = ("accuracy", "mean_std", "memory_and_latency", "depth_map", "hidden_curve", "attention_map")
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,10 @@ class Figure:
     ``kind`` (one of FIGURE_KINDS): "accuracy" (the mean of 0/1 scores with 95% Wilson intervals),
     "mean_std" (the mean score with a band of +- one standard deviation), "memory_and_latency" (the
     columns ``peak_mb``, ``prefill_s`` and ``decode_ms_per_token`` as bars and lines), "depth_map"
-    (accuracy by the ``depth`` column and length, a panel per method) or "hidden_curve" (the hidden
-    task's value vs position per layer and dimension). Length axes in tokens also mark the model's
-    training length."""
+    (accuracy by the ``depth`` column and length, a panel per method), "hidden_curve" (the hidden
+    task's value vs position per layer and dimension) or "attention_map" (the attention-map task's
+    pooled (query bin, key bin) weights, a panel per method). Length axes in tokens also mark the
+    model's training length."""
 
     file: str  # file name without suffix, e.g. "passkey_accuracy"
     kind: str

@@ -295,3 +295,51 @@ def test_depth_map_counts_retrievals_per_depth_bin_and_length(tmp_path):
     ok = frame[(frame.method == "mesa") & (frame.status == "ok")]
     assert cells == {f"{int(s)}/1" for s in ok.score}  # one sample per (bin, length) cell
     plt.close(fig)
+
+
+def attention_rows() -> pd.DataFrame:
+    """The attention-map task's rows on the tiny model (Origin, Mesa), plus a failed ReRoPE length."""
+    from harness.byte_tokenizer import ByteTokenizer
+    from harness.methods import apply_method
+    from tasks.attention_map import AttentionMapTask
+    from tests.conftest import TINY_PARAMS, TRAIN_LENGTH, tiny_model
+
+    task = AttentionMapTask([400], tokenizer=ByteTokenizer(), train_length=TRAIN_LENGTH, layers=[0, -1], grid=32)
+    frames = []
+    for method in ("origin", "mesa"):
+        model = apply_method(tiny_model(), method, **TINY_PARAMS[method])
+        frames.append(pd.DataFrame(task.evaluate_length(model, 400)).assign(method=method, status="ok"))
+    frames.append(pd.DataFrame([dict(method="rerope", status="oom", sample=-1)]))
+    return pd.concat(frames, ignore_index=True).assign(model="tiny-random", task="attention-map", length=400,
+                                                       metric="attention_weight")
+
+
+def test_attention_map_draws_a_panel_per_method_with_one_colour_scale(tmp_path):
+    from matplotlib.image import AxesImage
+
+    from tasks.attention_map import AttentionMapTask
+
+    rows = attention_rows()
+    figure = AttentionMapTask.figures[0]
+    fig = _figure_of(lambda f, out: plot_task(f, "attention-map", out), rows, tmp_path)
+    assert (tmp_path / f"{figure.file}.png").exists() and (tmp_path / f"{figure.file}.pdf").exists()
+    panels = [ax for ax in fig.axes if ax.get_title().split("\n")[0] in ("Origin", "ReRoPE", "Mesa")]
+    assert len(panels) == 2 * 3  # two layers x three methods
+    assert {ax.get_title().split("\n")[1] for ax in panels} == {"tiny-random, 400, layer 0, mean over heads",
+                                                                 "tiny-random, 400, layer 1, mean over heads"}
+    images = [image for ax in panels for image in ax.get_images() if isinstance(image, AxesImage)]
+    assert len(images) == 4 and len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1  # one shared scale
+    assert all(type(im.norm).__name__ == "LogNorm" for im in images)
+    rerope = [ax for ax in panels if ax.get_title().startswith("ReRoPE")]
+    assert all(any(t.get_text() == "OOM" for t in ax.texts) for ax in rerope)
+    tokens = int(rows["tokens"].dropna().iloc[0])
+    mesa = [ax for ax in panels if ax.get_title().startswith("Mesa")][0]
+    assert mesa.get_images()[0].get_extent() == [0, tokens, tokens, 0]  # axes in token positions
+    marks = [line for line in mesa.get_lines() if line.get_linestyle() == "--"]
+    assert len(marks) == 2  # the training length on both axes
+    # blank above the diagonal, drawn on and below it
+    drawn = np.ma.getdata(mesa.get_images()[0].get_array())
+    assert np.ma.getmaskarray(mesa.get_images()[0].get_array())[0, 1] and not np.isnan(drawn[5, 0])
+    again = build_all(rows, tmp_path / "again")["attention-map"]
+    for path in again:
+        assert path.read_bytes() == (tmp_path / path.name).read_bytes(), path.name
