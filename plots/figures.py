@@ -20,6 +20,7 @@ all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -602,10 +603,35 @@ def write_tables(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_settings(frame: pd.DataFrame, labelled: pd.Series, task: str, out_dir: Path) -> list[Path]:
+    """The task's score-vs-length figures once per method that has labelled series (rows run with
+    ``label=...``, e.g. the sensitivity and ablation sweeps): that method's plain series, its
+    labelled ones and the baseline (Origin), in ``<figure>_<method>_settings``. The main figures
+    show plain series only, so settings sweeps never crowd them."""
+    cls = task_by_name(task)
+    figures = [f for f in (cls.figures if cls is not None else ()) if f.kind in ("accuracy", "mean_std")]
+    rows = frame[frame["task"] == task]
+    methods = sorted({split_series(series)[0] for series in rows.loc[labelled[rows.index], "method"]},
+                     key=series_order)
+    paths = []
+    for method in methods:
+        label = METHODS[method].label if method in METHODS else method
+        mine = rows["method"].map(lambda series: split_series(series)[0] == method) | (rows["method"] == baseline())
+        for figure in figures:
+            variant = dataclasses.replace(figure, file=f"{figure.file}_{method}_settings",
+                                          title=f"{figure.title}, {label}'s settings")
+            paths += PLOTS[figure.kind](rows[mine], task, variant, out_dir)
+    return paths
+
+
 def build_all(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[Path]]:
-    """Every figure the table has data for, plus the heat maps; returns {task name or "heatmaps": paths}."""
+    """Every figure the table has data for, plus the heat maps; returns {task name or "heatmaps": paths}.
+    Labelled rows (``label=...``) are drawn only in the settings figures (:func:`plot_settings`)."""
+    labelled = frame["label"].notna() if "label" in frame.columns else pd.Series(False, index=frame.index)
     frame = series_by_settings(frame)
-    built = {task: plot_task(frame, task, out_dir) + write_tables(frame, task, out_dir)
+    plain = frame[~labelled]
+    built = {task: plot_task(plain, task, out_dir) + plot_settings(frame, labelled, task, out_dir)
+             + write_tables(plain, task, out_dir)
              for task in sorted(frame["task"].unique())}
-    built["heatmaps"] = plot_heatmaps(frame, out_dir) if not frame.empty else []
+    built["heatmaps"] = plot_heatmaps(plain, out_dir) if not plain.empty else []
     return {name: paths for name, paths in built.items() if paths}

@@ -192,6 +192,25 @@ def test_eager_rows_are_their_own_series():
     assert series_by_settings(table()).equals(table())  # rows without the column are left alone
 
 
+def test_labelled_rows_get_settings_figures_and_stay_out_of_the_main_ones(tmp_path, monkeypatch):
+    import plots.figures as figures
+
+    frame = table(tasks=("passkey",), models=("smollm2-135m",))
+    scaled = frame[frame["method"] == "mesa"].assign(label="scaled-x4", score=1.0)
+    drawn = []
+    real = figures.plot_metric_vs_length
+
+    def spy(rows, task, figure, out_dir):
+        drawn.append((figure.file, sorted(rows["method"].unique())))
+        return real(rows, task, figure, out_dir)
+
+    monkeypatch.setitem(figures.PLOTS, "accuracy", spy)
+    built = build_all(pd.concat([frame, scaled], ignore_index=True), tmp_path)
+    assert dict(drawn) == {"passkey_accuracy": ["mesa", "origin", "rerope"],
+                           "passkey_accuracy_mesa_settings": ["mesa", "mesa (scaled-x4)", "origin"]}
+    assert tmp_path / "passkey_accuracy_mesa_settings.png" in built["passkey"]
+
+
 def test_labelled_series_are_labelled_and_told_apart():
     from plots.figures import style
 
