@@ -56,7 +56,7 @@ def series_by_settings(frame: pd.DataFrame) -> pd.DataFrame:
         attention = frame["attn_implementation"].fillna(DEFAULT_ATTENTION).astype(str)
         parts.append(attention.where(attention != DEFAULT_ATTENTION, ""))
     if "label" in frame.columns:
-        parts.append(frame["label"].fillna("").astype(str))
+        parts.append(frame["label"].map(lambda value: "" if pd.isna(value) else str(value)))
     if not parts:
         return frame
     variants = [SERIES_PARTS_SEPARATOR.join(p for p in row if p) for row in zip(*parts)]
