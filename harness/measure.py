@@ -100,7 +100,7 @@ class measure:
 
     def __enter__(self) -> Measurement:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.synchronize(self.device)  # work queued before is not this measurement's
             torch.cuda.reset_peak_memory_stats(self.device)
             self.result.baseline_bytes = torch.cuda.memory_allocated(self.device)
         else:
@@ -110,13 +110,13 @@ class measure:
             self.result.baseline_bytes = self._peak_rss = psutil.Process().memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
-        self._start = time.perf_counter()
+        self._clock = stopwatch(self.device)
+        self._clock.__enter__()
         return self.result
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.result.seconds = time.perf_counter() - self._start
+        self._clock.__exit__(*exc)
+        self.result.seconds = self._clock.result.seconds
         if self.device.type == "cuda":
             self.result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.result.baseline_bytes
         else:

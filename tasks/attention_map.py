@@ -50,7 +50,7 @@ from harness.architectures import architecture_of
 from harness.errors import HarnessError
 from harness.identity import input_hash
 from harness.validation import require_integer
-from tasks.base import Figure, Task, check_integer
+from tasks.base import Figure, Task, check_integer, check_layers
 from tasks.passkey import make_sample
 
 PROBE_PREFIX = "harness_probe_"  # + the wrapped implementation's name: one registered probe per implementation
@@ -240,11 +240,7 @@ class AttentionMapTask(Task):
         return make_sample(self.tokenizer, self.prompt_template, length, self.seed, 0).input_ids
 
     def check_model(self, model: torch.nn.Module) -> None:
-        count = len(architecture_of(model).layers_of(model))
-        bad = [index for index in self.layers if not -count <= index < count]
-        if bad:
-            raise HarnessError(f"task.layers {bad} out of range: the model has {count} decoder layers "
-                               f"(0..{count - 1}, or -{count}..-1 from the end)")
+        check_layers(model, self.layers)
         heads = int(getattr(model.config, "num_attention_heads", 0) or 0)
         bad = [head for head in self.heads or () if heads and head >= heads]
         if bad:

@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.architectures import architecture_of
+from harness.errors import HarnessError
 from harness.registry import register
 from harness.validation import require_integer
 
@@ -194,6 +196,15 @@ class Task:
         a length that raises gets one ``error``/``oom`` row with sample -1. A rerun skips every length
         that has rows."""
         raise NotImplementedError
+
+
+def check_layers(model, layers) -> None:
+    """Refuse, in one line, decoder layer indices (negative: from the end) the model does not have."""
+    count = len(architecture_of(model).layers_of(model))
+    bad = [index for index in layers if not -count <= index < count]
+    if bad:
+        raise HarnessError(f"task.layers {bad} out of range: the model has {count} decoder layers "
+                           f"(0..{count - 1}, or -{count}..-1 from the end)")
 
 
 def check_integer(params: dict, key: str, minimum: int = 1) -> None:

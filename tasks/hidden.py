@@ -49,7 +49,7 @@ from harness.analysis import hidden_prediction
 from harness.architectures import architecture_of
 from harness.errors import HarnessError
 from harness.identity import input_hash
-from tasks.base import TASKS, Figure, Task
+from tasks.base import TASKS, Figure, Task, check_layers
 
 
 class HiddenStateTask(Task):
@@ -131,11 +131,7 @@ class HiddenStateTask(Task):
         return sorted(chosen)
 
     def check_model(self, model: torch.nn.Module) -> None:
-        count = len(architecture_of(model).layers_of(model))
-        bad = [index for index in self.layers if not -count <= index < count]
-        if bad:
-            raise HarnessError(f"task.layers {bad} out of range: the model has {count} decoder layers "
-                               f"(0..{count - 1}, or -{count}..-1 from the end)")
+        check_layers(model, self.layers)
 
     def evaluate_length(self, model: torch.nn.Module, length: int) -> list[dict[str, Any]]:
         self.check_model(model)  # an index past the last layer must not wrap around to another layer
