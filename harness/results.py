@@ -66,7 +66,7 @@ STATUSES = ("ok", "oom", "error")
 # own measured columns (``Task.timing_columns``). Everything else in a row is a pure function of
 # the config (tests check this).
 COMMON_TIMING_COLUMNS = ("seconds", "timestamp")
-COMMON_TEXT_COLUMNS = ("input_hash", "config_hash")  # hex strings that may look like numbers
+COMMON_TEXT_COLUMNS = ("input_hash", "config_hash", "label")  # hex strings that may look like numbers; a label "8192"
 ROW_KEY = ["model", "method", "task", "config_hash", "length", "sample"]
 # Claims are POSIX record locks on single bytes of the job's .lock file: byte 0 is the writers'
 # mutex, byte _CLAIMS_START + length * _MAX_SAMPLES + sample claims one sample.
