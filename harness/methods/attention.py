@@ -191,7 +191,8 @@ def band_attention_with_lse(
     The work and memory are O(L * band), never O(L^2). Fused: the sequence is cut into blocks of
     ``band`` tokens; query i of a block sees (a) keys 0..i of its own block (plain causal, all
     blocks as one batch) and (b) keys m > i of the block before, which, with both blocks reversed,
-    is plain causal again; (a) and (b) are merged by their LSE. Explicit: blocks of query rows
+    is plain causal again; (a) and (b) are merged by their LSE; a partial last block takes three fused
+    calls of its own (:func:`_fused_band_tail`). Explicit: blocks of query rows
     against the band of keys they can see. Returns (out, LSE) as :func:`attention_with_lse`.
     """
     length = query.shape[2]
@@ -204,11 +205,15 @@ def band_attention_with_lse(
 
 def _fused_band(query, key, value, scaling, band):
     b, heads, length, dim = query.shape
-    w, blocks = band, -(-length // band)
-    pad = blocks * w - length  # zero keys after every real query are never visible to it
+    w, blocks = band, length // band
+    rest = length - blocks * w  # a partial last block is not padded to w (up to 3x the work past 1 block)
+    if rest:
+        whole = _fused_band(query[:, :, : blocks * w], key[:, :, : blocks * w], value[:, :, : blocks * w],
+                            scaling, band)
+        last = _fused_band_tail(query[:, :, blocks * w :], key, value, scaling, band)
+        return torch.cat((whole[0], last[0]), dim=2), torch.cat((whole[1], last[1]), dim=2)
 
     def by_block(x: torch.Tensor) -> torch.Tensor:  # (B, h, L, D) -> (B, nb, h, w, D), a view
-        x = F.pad(x, (0, 0, 0, pad)) if pad else x
         return x.view(b, x.shape[1], blocks, w, dim).transpose(1, 2)
 
     qb, kb, vb = by_block(query), by_block(key), by_block(value)
@@ -224,8 +229,27 @@ def _fused_band(query, key, value, scaling, band):
         prev_out, prev_lse = run(qb[:, 1:, :, : w - 1].flip(3), kb[:, :-1, :, 1:].flip(3), vb[:, :-1, :, 1:].flip(3))
         merged = merge_by_lse((out[:, 1:, :, : w - 1], lse[:, 1:, :, : w - 1]), (prev_out.flip(3), prev_lse.flip(3)))
         out[:, 1:, :, : w - 1], lse[:, 1:, :, : w - 1] = merged
-    out = out.transpose(1, 2).reshape(b, heads, blocks * w, dim)[:, :, :length]
-    return out, lse.transpose(1, 2).reshape(b, heads, blocks * w)[:, :, :length]
+    return out.transpose(1, 2).reshape(b, heads, length, dim), lse.transpose(1, 2).reshape(b, heads, length)
+
+
+def _fused_band_tail(query, key, value, scaling, band):
+    """The band for the last r (< ``band``) queries (B, H, r, D) of the Lk keys, r < Lk - band: query i
+    at s + i (s = Lk - r) sees keys s + i - band + 1 .. s + i. Three fused calls, O(r * band) work:
+    keys s + r - band .. s, which every query sees; the r - 1 keys after s, which query i sees up to
+    s + i (causal, one row down); the r - 1 keys before s + r - band, which query i sees from
+    s + i - band + 1 on (causal once both are reversed)."""
+    r, s = query.shape[2], key.shape[2] - query.shape[2]
+    lo = s - band + 1  # the first key the first query sees
+    out, lse = attention_with_lse(query, key[:, :, s + r - band : s + 1], value[:, :, s + r - band : s + 1], scaling)
+    if r > 1:
+        after = attention_with_lse(query[:, :, 1:], key[:, :, s + 1 :], value[:, :, s + 1 :], scaling, causal=True)
+        out[:, :, 1:], lse[:, :, 1:] = merge_by_lse((out[:, :, 1:], lse[:, :, 1:]), after)
+        flip = lo + r - 1  # the keys lo .. s + r - band - 1, reversed
+        before = attention_with_lse(query[:, :, : r - 1].flip(2), key[:, :, lo:flip].flip(2),
+                                    value[:, :, lo:flip].flip(2), scaling, causal=True)
+        before = before[0].flip(2), before[1].flip(2)
+        out[:, :, : r - 1], lse[:, :, : r - 1] = merge_by_lse((out[:, :, : r - 1], lse[:, :, : r - 1]), before)
+    return out, lse
 
 
 def trailing_band_attention_with_lse(
