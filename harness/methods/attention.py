@@ -233,11 +233,11 @@ def _fused_band(query, key, value, scaling, band):
 
 
 def _fused_band_tail(query, key, value, scaling, band):
-    """The band for the last r (< ``band``) queries (B, H, r, D) of the Lk keys, r < Lk - band: query i
-    at s + i (s = Lk - r) sees keys s + i - band + 1 .. s + i. Three fused calls, O(r * band) work:
-    keys s + r - band .. s, which every query sees; the r - 1 keys after s, which query i sees up to
-    s + i (causal, one row down); the r - 1 keys before s + r - band, which query i sees from
-    s + i - band + 1 on (causal once both are reversed)."""
+    """The band for the last r (< ``band``) queries (B, H, r, D) of the Lk keys, with s = Lk - r >= band - 1
+    (every query has a whole band behind it): query i at s + i sees keys s + i - band + 1 .. s + i.
+    Three fused calls, O(r * band) work: keys s + r - band .. s, which every query sees; the r - 1
+    keys after s, which query i sees up to s + i (causal, one row down); the r - 1 keys before
+    s + r - band, which query i sees from s + i - band + 1 on (causal once both are reversed)."""
     r, s = query.shape[2], key.shape[2] - query.shape[2]
     lo = s - band + 1  # the first key the first query sees
     out, lse = attention_with_lse(query, key[:, :, s + r - band : s + 1], value[:, :, s + r - band : s + 1], scaling)

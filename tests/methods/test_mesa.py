@@ -346,11 +346,9 @@ def test_the_default_last_chunk_rule_keeps_every_committed_mesa_file(tmp_path):
     from tests.test_runner import config
 
     defaults = OmegaConf.load(ROOT / "conf" / "method" / "mesa.yaml")
-    committed = sorted(ROOT.glob("results/*/runs/*/*/mesa-*.yaml"))
-    older = [saved for saved in committed if not set(NEW_KEYS) & set(OmegaConf.load(saved).method)]
-    assert older  # files written before the keys existed
-    for saved in committed:  # newer files (the ablation's among them) hash as they were written
-        cfg = OmegaConf.load(saved)
+    committed = {saved: OmegaConf.load(saved) for saved in sorted(ROOT.glob("results/*/runs/*/*/mesa-*.yaml"))}
+    assert any(not set(NEW_KEYS) & set(cfg.method) for cfg in committed.values())  # written before the keys
+    for saved, cfg in committed.items():  # newer files (the ablation's among them) hash as they were written
         with open_dict(cfg):
             cfg.method.update({key: defaults[key] for key in NEW_KEYS if key not in cfg.method})
         assert results_path(cfg)[1] == saved.stem.rsplit("-", 1)[1], saved
